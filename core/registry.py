@@ -1,0 +1,340 @@
+"""The plugin manager: discovers plugins, validates what they register, isolates failures.
+
+Load order (DESIGN.md): entry points of group ``tunelab``, then ``.py`` files
+in ``$TUNELAB_PLUGINS_DIR``, then the built-ins in ``plugins/``. pluggy calls
+the last registered first, so the built-ins are called first and win name
+clashes; the clash is recorded on the loser.
+
+Environment:
+- ``TUNELAB_LOAD_PLUGINS``: comma list of plugin names to load (besides the
+  built-ins); set but empty means built-ins only.
+- ``TUNELAB_STRICT_PLUGINS=1``: re-raise plugin errors instead of recording them.
+- ``$TUNELAB_HOME/plugins.json``: ``{"disabled": [names]}``, written by the
+  dashboard's enable/disable switches.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pluggy
+
+from . import __version__, hookspecs
+from .errors import UserError
+
+BUILTIN_MODULES = ("plugins.formats", "plugins.samplers", "plugins.evaluators", "plugins.run_log")
+KINDS = ("data_formats", "samplers", "evaluators")
+LIFECYCLE_HOOKS = ("on_train_start", "on_log", "on_evaluate", "on_train_end")
+PARAM_TYPES = ("int", "float", "bool", "str", "choice")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+
+# Attributes each kind must have: (name, check, what it should be).
+_REQUIRED = {
+    "data_formats": [("extensions", lambda v: isinstance(v, (list, tuple)) and all(isinstance(e, str) for e in v), "a list of file suffixes"),
+                     ("sniff", callable, "a function sniff(path, head) -> bool"),
+                     ("load", callable, "a function load(path, **params) -> datasets.Dataset")],
+    "samplers": [("generation_kwargs", callable, "a function generation_kwargs(**params) -> dict")],
+    "evaluators": [("higher_is_better", lambda v: isinstance(v, bool), "True or False"),
+                   ("evaluate", callable, "a function evaluate(samples, context, **params) -> dict")],
+}
+
+
+def tunelab_home() -> Path:
+    """Where TuneLab keeps its caches and settings (``$TUNELAB_HOME``, default ``~/.cache/tunelab``)."""
+    return Path(os.environ.get("TUNELAB_HOME") or Path.home() / ".cache" / "tunelab")
+
+
+@dataclass
+class PluginInfo:
+    """What the Plugins page and ``python -m core plugins --json`` show for one plugin."""
+
+    name: str
+    version: str | None
+    source: str  # builtin | entrypoint | dir
+    status: str = "loaded"  # loaded | failed | disabled
+    error: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    contributes: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    clashes: list[str] = field(default_factory=list)
+    module: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "source": self.source, "status": self.status,
+                "error": self.error, "hooks": self.hooks, "contributes": self.contributes,
+                "clashes": self.clashes}
+
+
+def validate_params(specs, where: str) -> None:
+    """Check a plugin's ``params`` list; raise ValueError naming the bad spec and field."""
+    if not isinstance(specs, (list, tuple)):
+        raise ValueError(f"{where}: params must be a list of dicts, got {type(specs).__name__}")
+    for i, spec in enumerate(specs):
+        at = f"{where}: params[{i}]"
+        if not isinstance(spec, dict):
+            raise ValueError(f"{at} must be a dict, got {type(spec).__name__}")
+        if not isinstance(spec.get("name"), str) or not spec["name"].isidentifier():
+            raise ValueError(f"{at}: 'name' must be a Python identifier, got {spec.get('name')!r}")
+        if spec.get("type") not in PARAM_TYPES:
+            raise ValueError(f"{at} ({spec['name']}): 'type' must be one of {', '.join(PARAM_TYPES)}, got {spec.get('type')!r}")
+        if spec["type"] == "choice" and not spec.get("choices"):
+            raise ValueError(f"{at} ({spec['name']}): a 'choice' param needs a non-empty 'choices' list")
+        if "default" not in spec:
+            raise ValueError(f"{at} ({spec['name']}): 'default' is missing")
+        coerce_param(spec, spec["default"])  # the default itself must be valid
+
+
+def coerce_param(spec: dict, value):
+    """Turn ``value`` (possibly a string from the CLI) into the spec's type, checking bounds."""
+    name, kind = spec["name"], spec["type"]
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = value.lower() in ("true", "1", "yes")
+            value = bool(value)
+        elif kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            value = int(value)
+        elif kind == "float":
+            value = float(value)
+        else:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"parameter '{name}' must be {kind}, got {value!r}") from None
+    if kind in ("int", "float"):
+        lo, hi = spec.get("min"), spec.get("max")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise UserError(f"parameter '{name}' = {value} is out of range [{lo}, {hi}]")
+    if kind == "choice" and value not in [str(c) for c in spec["choices"]]:
+        raise UserError(f"parameter '{name}' must be one of {', '.join(map(str, spec['choices']))}, got {value!r}")
+    return value
+
+
+def resolve_params(specs, given: dict | None) -> dict:
+    """Defaults overlaid with ``given``, coerced and checked. Unknown names are refused."""
+    given = dict(given or {})
+    known = {s["name"]: s for s in specs}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise UserError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known) or 'none'}")
+    return {n: coerce_param(s, given.get(n, s["default"])) for n, s in known.items()}
+
+
+def validate_contribution(kind: str, obj) -> None:
+    """Raise ValueError saying exactly what is wrong with a registered object."""
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError(f"{kind[:-1]} has an invalid 'name' {name!r}: use lowercase letters, digits, '_' or '-'")
+    where = f"{kind[:-1]} '{name}'"
+    if not isinstance(getattr(obj, "description", None), str):
+        raise ValueError(f"{where}: 'description' must be a string")
+    validate_params(getattr(obj, "params", None), where)
+    for attr, check, what in _REQUIRED[kind]:
+        if not hasattr(obj, attr):
+            raise ValueError(f"{where}: missing '{attr}' ({what})")
+        if not check(getattr(obj, attr)):
+            raise ValueError(f"{where}: '{attr}' must be {what}")
+
+
+class Registry:
+    """All loaded plugins and what they contribute. Build one with :func:`get_registry`."""
+
+    def __init__(self, load_external: bool = True, extra_plugins=()):
+        self.strict = os.environ.get("TUNELAB_STRICT_PLUGINS") == "1"
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self._objects = {k: {} for k in KINDS}
+        self._owner = {k: {} for k in KINDS}
+        self.disabled = read_disabled()
+        allow = os.environ.get("TUNELAB_LOAD_PLUGINS")
+        self.allow = None if allow is None else {a.strip() for a in allow.split(",") if a.strip()}
+        if load_external:
+            self._load_entry_points()
+            self._load_dir()
+        for obj, name in extra_plugins:  # for tests and the authoring kit
+            self._add(name, lambda obj=obj: obj, source="dir", version=None)
+        for modname in BUILTIN_MODULES:
+            self._add(modname.split(".")[-1], lambda m=modname: importlib.import_module(m),
+                      source="builtin", version=__version__)
+        for kind in KINDS:
+            self._collect(kind)
+
+    # -- discovery -------------------------------------------------------
+    def _wanted(self, name: str, source: str) -> str | None:
+        if source == "builtin":
+            return None
+        if self.allow is not None and name not in self.allow:
+            return "not in TUNELAB_LOAD_PLUGINS"
+        if name in self.disabled:
+            return "disabled in settings"
+        return None
+
+    def _load_entry_points(self) -> None:
+        for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+            version = ep.dist.version if ep.dist else None
+            if self._skip(ep.name, "entrypoint", version):
+                continue
+            self._add(ep.name, ep.load, source="entrypoint", version=version)
+
+    def _load_dir(self) -> None:
+        folder = os.environ.get("TUNELAB_PLUGINS_DIR")
+        if not folder or not Path(folder).is_dir():
+            return
+        for path in sorted(Path(folder).glob("*.py")):
+            if path.name.startswith("_") or self._skip(path.stem, "dir", None):
+                continue
+
+            def load(path=path):
+                spec = importlib.util.spec_from_file_location(f"tunelab_plugin_{path.stem}", path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                return module
+
+            self._add(path.stem, load, source="dir", version=None)
+
+    def _skip(self, name: str, source: str, version) -> bool:
+        why = self._wanted(name, source)
+        if why:
+            self.plugins[name] = PluginInfo(name, version, source, status="disabled", error=why)
+        return bool(why)
+
+    def _fail(self, info: PluginInfo, exc: BaseException) -> None:
+        info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+        if self.strict:
+            raise exc
+
+    def _add(self, name: str, load, source: str, version) -> None:
+        """Import the plugin (``load()`` returns the module or object) and register it."""
+        info = PluginInfo(name, version, source)
+        if name in self.plugins and self.plugins[name].status != "disabled":
+            info.clashes.append(f"plugin name '{name}' already used by a {self.plugins[name].source} plugin")
+            name = f"{name} ({source})"
+            info.name = name
+        self.plugins[name] = info
+        try:
+            obj = load()
+            self.pm.register(obj, name=name)
+            info.module = getattr(obj, "__name__", None)
+            info.hooks = sorted(h.name for h in self.pm.get_hookcallers(obj) or [])
+        except BaseException as exc:  # noqa: BLE001 - a broken plugin must not break the app
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            self._fail(info, exc)
+
+    def _impls(self, hook_name: str):
+        """Hook implementations in call order (last registered first: built-ins first)."""
+        return list(reversed(getattr(self.pm.hook, hook_name).get_hookimpls()))
+
+    def _collect(self, kind: str) -> None:
+        for impl in self._impls(f"register_{kind}"):
+            info = self.plugins[impl.plugin_name]
+            found = []
+
+            def register(obj, info=info, found=found):
+                validate_contribution(kind, obj)
+                found.append(obj)
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(info, exc)
+                continue
+            for obj in found:
+                owner = self._owner[kind].get(obj.name)
+                if owner:
+                    info.clashes.append(f"{kind[:-1]} '{obj.name}' is already registered by '{owner}'; kept theirs")
+                    continue
+                self._objects[kind][obj.name] = obj
+                self._owner[kind][obj.name] = info.name
+                info.contributes[kind].append(obj.name)
+
+    # -- what the rest of TuneLab uses ------------------------------------
+    def items(self, kind: str) -> dict:
+        """``{name: object}`` for ``data_formats``, ``samplers`` or ``evaluators``, in call order."""
+        return dict(self._objects[kind])
+
+    def get(self, kind: str, name: str):
+        try:
+            return self._objects[kind][name]
+        except KeyError:
+            known = ", ".join(self._objects[kind]) or "none"
+            raise UserError(f"unknown {kind[:-1].replace('_', ' ')} '{name}'; installed: {known}") from None
+
+    def owner(self, kind: str, name: str) -> str | None:
+        return self._owner[kind].get(name)
+
+    def call(self, hook_name: str, on_error=None, **kwargs) -> list:
+        """Call a lifecycle hook on every plugin, isolating each: one raising never stops the rest.
+
+        ``on_error(plugin_name, exc)`` is told about each failure (train.py logs it on the run).
+        """
+        results = []
+        for impl in self._impls(hook_name):
+            try:
+                results.append(impl.function(**{a: kwargs[a] for a in impl.argnames}))
+            except Exception as exc:  # noqa: BLE001
+                if self.strict:
+                    raise
+                if on_error:
+                    on_error(impl.plugin_name, exc)
+                else:
+                    traceback.print_exc(file=sys.stderr)
+        return results
+
+    def listing(self) -> list[dict]:
+        """Every plugin as a dict (built-ins first), for the CLI's ``--json`` and the Plugins page."""
+        order = {"builtin": 0, "entrypoint": 1, "dir": 2}
+        return [p.to_dict() for p in sorted(self.plugins.values(), key=lambda p: (order.get(p.source, 3), p.name))]
+
+
+def read_disabled() -> set[str]:
+    path = tunelab_home() / "plugins.json"
+    try:
+        return set(json.loads(path.read_text()).get("disabled", []))
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def set_enabled(name: str, enabled: bool) -> None:
+    """Persist a plugin's enabled state (built-ins cannot be disabled: they are essential)."""
+    if name in {m.split(".")[-1] for m in BUILTIN_MODULES}:
+        raise UserError(f"'{name}' is a built-in plugin and cannot be disabled")
+    disabled = read_disabled()
+    (disabled.discard if enabled else disabled.add)(name)
+    path = tunelab_home() / "plugins.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"disabled": sorted(disabled)}, indent=2))
+    reset_registry()
+
+
+_registry: Registry | None = None
+_lock = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """The process-wide registry: plugins load once per process."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            _registry = Registry()
+        return _registry
+
+
+def reset_registry() -> None:
+    """Forget the loaded plugins (after enabling/disabling one, or in tests)."""
+    global _registry
+    with _lock:
+        _registry = None

@@ -32,7 +32,7 @@ import pluggy
 from . import __version__, hookspecs
 from .errors import UserError
 
-BUILTIN_MODULES = ("plugins.formats", "plugins.samplers", "plugins.evaluators", "plugins.run_log")
+BUILTIN_MODULES = ("plugins.formats", "plugins.samplers", "plugins.evaluators")
 KINDS = ("data_formats", "samplers", "evaluators")
 LIFECYCLE_HOOKS = ("on_train_start", "on_log", "on_evaluate", "on_train_end")
 PARAM_TYPES = ("int", "float", "bool", "str", "choice")

@@ -1,0 +1,306 @@
+"""``python -m core``: the headless face of the engine (GPU backends, CI, scripting).
+
+Exit 0 on success; exit 2 with one clear line on stderr for bad input (what,
+where, how to fix it); never a traceback for a user's mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _params(items) -> dict:
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise UserError(f"--param {item}: expected name=value, e.g. --param temperature=0.7")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_plugins(args) -> int:
+    from .registry import get_registry
+
+    listing = get_registry().listing()
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    print(f"{'plugin':<22} {'source':<11} {'version':<9} {'status':<9} contributes")
+    for p in listing:
+        contrib = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["contributes"].items() if v) or "-"
+        print(f"{p['name']:<22} {p['source']:<11} {str(p['version'] or '-'):<9} {p['status']:<9} {contrib}")
+        for line in ([p["error"]] if p["error"] else []) + p["clashes"]:
+            print(f"{'':<22} ! {line}")
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from . import data, models
+    from .registry import get_registry
+
+    registry = get_registry()
+    fmt = args.format
+    if fmt:
+        registry.get("data_formats", fmt)  # unknown format: clear error before any work
+    tokenizer = models.load_tokenizer(args.model) if not args.no_tokens else None
+    report = data.check_file(args.file, fmt, _params(args.param), tokenizer, args.max_length, registry)
+    if not report["ok"]:
+        if args.json:
+            print(json.dumps(report, indent=2))
+        raise UserError(report["error"])
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['file']}: {report['records']} records, format '{report['format']}'")
+    print(f"  kinds: {', '.join(f'{k} {v}' for k, v in report['kinds'].items())}")
+    print(f"  empty examples: {len(report['empty'])}" + (f" (rows {_rows(report['empty'])})" if report["empty"] else ""))
+    dups = report["duplicates"]
+    print(f"  duplicates: {len(dups)}" + (f" (rows {_rows([d['row'] for d in dups])})" if dups else ""))
+    t = report["token_lengths"]
+    if t:
+        print(f"  tokens: min {t['min']}, median {t['median']:g}, p95 {t['p95']}, max {t['max']}, total {t['total']}")
+        print(f"  longer than max_length={report['max_length']}: {report['over_max_length']}")
+    return 0
+
+
+def _rows(rows, limit=10) -> str:
+    text = ", ".join(map(str, rows[:limit]))
+    return text + (f", ... {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def _echo_progress(total_steps_ref):
+    """Print metrics as JSON lines on stdout; a progress bar on stderr when it is a terminal."""
+    bar = None
+
+    def echo(row):
+        nonlocal bar
+        print(json.dumps(row), flush=True)
+        if sys.stderr.isatty() and "loss" in row:
+            from tqdm import tqdm
+
+            if bar is None:
+                bar = tqdm(total=total_steps_ref(), initial=row["step"] - 1, unit="step", file=sys.stderr)
+            bar.update(row["step"] - bar.n)
+            bar.set_postfix(loss=row["loss"])
+    return echo
+
+
+def _run_training(cfg, run_dir: Path, resume: bool) -> int:
+    from . import runs, train
+
+    def total():
+        return runs.read_status(run_dir).get("total_steps")
+
+    result = train.train(cfg, run_dir, resume=resume, echo=_echo_progress(total))
+    print(f"[tunelab] run {run_dir}: {result['state']} at step {result['step']}"
+          + (f" - {result['error']}" if result["error"] else ""), file=sys.stderr)
+    if result["state"] == "failed":
+        return 1
+    return 0
+
+
+def cmd_train(args) -> int:
+    from . import runs
+    from .config import load_config
+
+    cfg = load_config(args.config, args.set)
+    # Refuse a missing data file before any model loads.
+    if not Path(cfg.data.path).exists():
+        raise UserError(f"{args.config}: data.path {cfg.data.path} does not exist")
+    run_dir = Path(args.run_dir) if args.run_dir else runs.create_run(cfg, Path(args.config).stem)
+    return _run_training(cfg, run_dir, resume=False)
+
+
+def cmd_resume(args) -> int:
+    from . import runs
+
+    run_dir = Path(args.run_dir)
+    status = runs.read_status(run_dir)
+    if status["state"] == "finished":
+        raise UserError(f"run {run_dir.name} has already finished; start a new run to train more")
+    if status["state"] in runs.ACTIVE and runs.pid_alive(status.get("pid")) and status.get("pid") != _own_pid():
+        raise UserError(f"run {run_dir.name} is still {status['state']} (pid {status['pid']})")
+    return _run_training(runs.load_config(run_dir), run_dir, resume=True)
+
+
+def _own_pid():
+    import os
+
+    return os.getpid()
+
+
+def cmd_stop(args) -> int:
+    from . import runs
+
+    runs.request_stop(args.run_dir)
+    print(f"asked run {Path(args.run_dir).name} to stop; it saves a checkpoint first")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from . import runs
+
+    status = runs.read_status(args.run_dir)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    total = status.get("total_steps") or "?"
+    print(f"{status['run_id']}: {status['state']}, step {status.get('step', 0)}/{total}")
+    if status.get("error"):
+        print(f"  {status['error']}")
+    rows = [r for r in runs.read_metrics(args.run_dir) if "loss" in r]
+    if rows:
+        print(f"  last loss {rows[-1]['loss']:.4f}, {rows[-1].get('tokens_per_s', 0):.0f} tokens/s")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from . import generate, models
+
+    model, tokenizer = models.load_model(args.model)
+    params = _params(args.param)
+    if args.no_stream:
+        print(generate.generate(model, tokenizer, args.prompt, args.sampler, params, args.max_new_tokens,
+                                seed=args.seed))
+        return 0
+    for piece in generate.generate(model, tokenizer, args.prompt, args.sampler, params, args.max_new_tokens,
+                                   seed=args.seed, stream=True):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import evaluate, runs
+
+    run_dir = Path(args.run_dir)
+    runs.read_status(run_dir)
+    cfg = runs.load_config(run_dir)
+    data_path = args.data or cfg.data.path
+    evaluators = [e.strip() for e in args.evaluators.split(",")] if args.evaluators else None
+    report = evaluate.evaluate_run(run_dir, data_path, evaluators=evaluators, sampler=args.sampler,
+                                   limit=args.limit, max_new_tokens=args.max_new_tokens)
+    print(json.dumps(report["metrics"], indent=2))
+    return 0
+
+
+def cmd_memory(args) -> int:
+    from . import memory
+
+    est = memory.estimate(args.model, method=args.method, precision=args.precision, batch_size=args.batch_size,
+                          max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing)
+    if args.json:
+        print(json.dumps(est, indent=2))
+        return 0
+    for part in ("weights", "gradients", "optimizer", "activations", "logits", "total"):
+        print(f"{part:<12} {memory.fmt_bytes(est[part]):>10}")
+    machine = memory.machine_memory()
+    available = machine.get("cuda_total") or machine["available"]
+    print(f"verdict: {memory.verdict(est['total'], available)} (available {memory.fmt_bytes(available)})")
+    return 0
+
+
+def cmd_prepare_embedded(args) -> int:
+    """Convert the embedded model once (``make run`` calls this so the first page load is fast)."""
+    import time
+
+    from . import models
+
+    t = time.time()
+    path = models.ensure_embedded()
+    print(f"embedded model ready at {path} ({time.time() - t:.1f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core", description="TuneLab's fine-tuning engine.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("plugins", help="list installed plugins")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_plugins)
+
+    d = sub.add_parser("data", help="data files").add_subparsers(dest="data_command", required=True)
+    s = d.add_parser("check", help="validate a data file and report on it")
+    s.add_argument("file")
+    s.add_argument("--format", help="data format plugin (default: detect)")
+    s.add_argument("--param", action="append", help="format option name=value")
+    s.add_argument("--model", default="embedded", help="tokenizer for token lengths")
+    s.add_argument("--max-length", type=int, default=512)
+    s.add_argument("--no-tokens", action="store_true", help="skip token lengths (no tokenizer load)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_check)
+
+    s = sub.add_parser("train", help="train from a YAML config")
+    s.add_argument("config")
+    s.add_argument("--run-dir", help="run folder (default: runs/<config name>-<time>)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("resume", help="continue a stopped or interrupted run from its last checkpoint")
+    s.add_argument("run_dir")
+    s.set_defaults(func=cmd_resume)
+
+    s = sub.add_parser("stop", help="ask a running run to checkpoint and stop")
+    s.add_argument("run_dir")
+    s.set_defaults(func=cmd_stop)
+
+    s = sub.add_parser("status", help="show a run's state")
+    s.add_argument("run_dir")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("generate", help="generate an answer")
+    s.add_argument("--model", default="embedded", help="embedded, a Hub id, a model folder or a run folder")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--sampler", default="greedy")
+    s.add_argument("--param", action="append", help="sampler parameter name=value")
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-stream", action="store_true")
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("eval", help="evaluate a run's base and tuned model on held-out data")
+    s.add_argument("run_dir")
+    s.add_argument("--data", help="held-out file (default: the run's data file)")
+    s.add_argument("--evaluators", help="comma list (default: all)")
+    s.add_argument("--sampler", default="greedy")
+    s.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
+    s.add_argument("--max-new-tokens", type=int, default=160)
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("memory", help="estimate training memory")
+    s.add_argument("--model", default="embedded")
+    s.add_argument("--method", choices=["full", "lora"], default="full")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--max-length", type=int, default=256)
+    s.add_argument("--gradient-checkpointing", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_memory)
+
+    s = sub.add_parser("prepare-embedded", help="convert the embedded model once (done by make run)")
+    s.set_defaults(func=cmd_prepare_embedded)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

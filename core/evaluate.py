@@ -1,0 +1,151 @@
+"""Evaluate: score a model's answers on held-out examples with evaluator plugins, base vs tuned.
+
+1. :func:`load_samples` reads a data file into samples: the conversation up to the
+   last assistant turn is the ``prompt``, that turn's text the ``reference``.
+2. :func:`evaluate_model` generates an answer for every prompt (same sampler and
+   seed for every model, so differences come from the weights), then runs each
+   evaluator plugin over the samples. An evaluator that fails is reported with
+   its error and skipped; the others still run.
+3. :func:`compare` does this for the base and the fine-tuned model on the same
+   prompts; :func:`save_report` keeps the result as ``runs/<id>/eval/report.json``.
+
+No Streamlit here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .errors import UserError
+from .generate import generate
+from .registry import get_registry, resolve_params
+
+REPORT = Path("eval") / "report.json"
+
+
+def load_samples(path, format: str | None = None, limit: int | None = None, params: dict | None = None,
+                 registry=None) -> list[dict]:
+    """Held-out samples ``{"prompt", "reference", "messages"}`` from a data file.
+
+    ``prompt`` is the message list up to the last assistant turn, ``reference``
+    that turn's content, ``messages`` the conversation through it (what
+    perplexity scores). Records without an assistant answer (raw text) are skipped.
+    """
+    from .data import load_records
+
+    dataset, fmt = load_records(path, format, params, registry=registry)
+    samples = []
+    for record in dataset:
+        messages = [m for m in (record.get("messages") or []) if m and m.get("role")]
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if not last:  # None (no answer) or 0 (an answer with no question)
+            continue
+        samples.append({"prompt": messages[:last], "reference": messages[last]["content"] or "",
+                        "messages": messages[: last + 1]})
+        if limit and len(samples) >= limit:
+            break
+    if not samples:
+        raise UserError(f"{Path(path).name}: no example has an assistant answer to compare against "
+                        f"(read as format '{fmt}'); evaluation needs instruction or chat data, not raw text")
+    return samples
+
+
+def evaluate_model(model, tokenizer, samples: list[dict], evaluators=None, sampler: str = "greedy",
+                   params: dict | None = None, max_new_tokens: int = 200, max_length: int = 512,
+                   progress=None, evaluator_params: dict | None = None, seed: int = 0, registry=None) -> dict:
+    """Generate an answer per sample, then score them with each evaluator.
+
+    ``evaluators``: names (default: every installed one). ``evaluator_params``:
+    ``{evaluator: {param: value}}``. ``progress(i, n)`` is called after each answer.
+    Returns ``{"metrics": {evaluator: {metric: value} or {"error": str}},
+    "samples": [{"prompt", "question", "reference", "answer", "scores": {evaluator: value}}],
+    "evaluators": {name: {"higher_is_better", "description"}}, "settings": {...}}``.
+    """
+    registry = registry or get_registry()
+    names = list(evaluators) if evaluators is not None else list(registry.items("evaluators"))
+    plugins = {name: registry.get("evaluators", name) for name in names}  # unknown name: UserError, up front
+    answered = []
+    for i, sample in enumerate(samples):
+        answer = generate(model, tokenizer, sample["prompt"], sampler, params, max_new_tokens, seed=seed,
+                          registry=registry)
+        answered.append({**sample, "answer": answer})
+        if progress:
+            progress(i + 1, len(samples))
+    context = {"model": model, "tokenizer": tokenizer, "max_length": max_length,
+               "encode": _encoder(tokenizer, max_length)}
+    metrics, per_sample = {}, {}
+    for name, plugin in plugins.items():
+        try:
+            values = resolve_params(plugin.params, (evaluator_params or {}).get(name))
+            result = dict(plugin.evaluate(answered, context, **values))
+            per_sample[name] = list(result.pop("per_sample", [None] * len(answered)))
+            metrics[name] = {k: float(v) for k, v in result.items()}
+        except Exception as exc:  # noqa: BLE001 - one broken evaluator must not lose the others' results
+            metrics[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "metrics": metrics,
+        "samples": [{"prompt": s["prompt"], "question": _last_user(s["prompt"]), "reference": s["reference"],
+                     "answer": s["answer"], "scores": {n: scores[i] for n, scores in per_sample.items()}}
+                    for i, s in enumerate(answered)],
+        "evaluators": {n: {"higher_is_better": p.higher_is_better, "description": p.description}
+                       for n, p in plugins.items()},
+        "settings": {"sampler": sampler, "params": params or {}, "max_new_tokens": max_new_tokens,
+                     "max_length": max_length, "seed": seed, "n": len(samples)},
+    }
+
+
+def compare(base, tuned, samples: list[dict], progress=None, **kwargs) -> dict:
+    """Evaluate ``base`` and ``tuned`` (each a ``(model, tokenizer)`` pair) on the same prompts and settings.
+
+    Returns ``{"base": report, "tuned": report, "delta": {evaluator: {metric: tuned - base}}}``;
+    ``progress(i, 2n)`` counts both models' answers. Other arguments go to :func:`evaluate_model`.
+    """
+    n = len(samples)
+    reports = {}
+    for offset, (label, (model, tokenizer)) in enumerate([("base", base), ("tuned", tuned)]):
+        step = (lambda i, _n, o=offset * n: progress(o + i, 2 * n)) if progress else None
+        reports[label] = evaluate_model(model, tokenizer, samples, progress=step, **kwargs)
+    delta = {}
+    for name, after in reports["tuned"]["metrics"].items():
+        before = reports["base"]["metrics"].get(name, {})
+        delta[name] = {k: v - before[k] for k, v in after.items() if k != "error" and k in before}
+    return {**reports, "delta": delta}
+
+
+def save_report(run_dir, report: dict) -> Path:
+    """Write ``report`` to ``<run_dir>/eval/report.json`` (NaN and infinity as null: strict JSON)."""
+    path = Path(run_dir) / REPORT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_finite(report), indent=2, ensure_ascii=False))
+    tmp.replace(path)  # atomic: the dashboard never reads half a report
+    return path
+
+
+def load_report(run_dir) -> dict | None:
+    """The saved report of a run, or None if it has not been evaluated yet."""
+    path = Path(run_dir) / REPORT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _encoder(tokenizer, max_length: int):
+    """``encode(messages) -> {input_ids, labels}`` masked exactly as in training (for perplexity)."""
+    from .data import encode_messages
+
+    return lambda messages: encode_messages(messages, tokenizer, max_length)
+
+
+def _last_user(messages: list[dict]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

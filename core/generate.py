@@ -1,0 +1,236 @@
+"""Generate: turn a prompt into an answer through a sampler plugin, and show how samplers pick.
+
+A chat model answers a prompt one token at a time. At each step it scores the
+whole vocabulary; a *sampler* (greedy, temperature, top-k, top-p, min-p, beam,
+or a plugin's own) decides which token comes next. The answer ends when the
+model emits its end-of-turn token (``<|im_end|>`` in ChatML models), or after
+``max_new_tokens``.
+
+- :func:`generate` runs ``model.generate`` with the sampler's arguments.
+- :func:`next_token_distribution` shows one step: the model's raw next-token
+  probabilities, and the same probabilities after the sampler reshaped them.
+
+No Streamlit here: the dashboard wraps these (``st.write_stream`` for streaming).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from .registry import get_registry, resolve_params
+
+# What generate() passes under the sampler's own kwargs. transformers fills any setting
+# left out from the model's generation_config.json (Qwen ships top_k=20, top_p=0.8,
+# repetition_penalty=1.05) and then from global defaults (top_k=50): a "temperature"
+# sampler would silently be temperature + top-k. These neutral values make what the
+# learner picked exactly what runs, and exactly what the chart shows.
+NEUTRAL = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0}
+NEUTRAL_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0}
+
+END_OF_TURN = "<|im_end|>"  # ChatML's end of an assistant turn (SmolLM2, Qwen, TuneLab's fallback template)
+
+
+def as_messages(prompt, system: str | None = None) -> list[dict]:
+    """A prompt as chat messages: a string becomes one user turn; ``system`` is put first if missing."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if system and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def build_prompt(tokenizer, prompt, system: str | None = None) -> torch.Tensor:
+    """Token ids (shape ``1 x length``) of the chat-templated prompt, ending where the assistant starts.
+
+    ``add_generation_prompt=True`` appends the assistant header (``<|im_start|>assistant``),
+    so the model's next token is the first token of its answer.
+    """
+    encoded = tokenizer.apply_chat_template(as_messages(prompt, system), add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)
+    return encoded["input_ids"]
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """The ids that end an answer: the tokenizer's EOS, and ``<|im_end|>`` when it is one token.
+
+    A base tokenizer's EOS is often ``<|endoftext|>`` (end of a document) while a chat
+    template ends each turn with ``<|im_end|>``; stopping only on the first, the model
+    would run past its answer and invent the user's next turn.
+    """
+    ids = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    im_end = tokenizer.convert_tokens_to_ids(END_OF_TURN) if END_OF_TURN in tokenizer.get_vocab() else None
+    if im_end is not None and im_end not in ids:
+        ids.append(im_end)
+    return ids
+
+
+def get_sampler(name: str, registry=None):
+    """The sampler plugin object registered under ``name`` (UserError listing the installed ones if unknown)."""
+    return (registry or get_registry()).get("samplers", name)
+
+
+def sampler_settings(sampler: str = "greedy", params: dict | None = None, registry=None):
+    """``(generation kwargs, extra logits processors)`` for a sampler and its params, neutral defaults included."""
+    plugin = get_sampler(sampler, registry)
+    values = resolve_params(plugin.params, params)
+    kwargs = {**NEUTRAL, **plugin.generation_kwargs(**values)}
+    if kwargs.get("do_sample"):
+        kwargs = {**NEUTRAL_SAMPLING, **kwargs}
+    extra = getattr(plugin, "logits_processors", None)
+    return kwargs, list(extra(**values)) if extra else []
+
+
+def generate_arguments(model, tokenizer, prompt, sampler: str = "greedy", params: dict | None = None,
+                      max_new_tokens: int = 200, system: str | None = None, registry=None) -> dict:
+    """Everything :func:`generate` passes to ``model.generate`` (inputs included), for tests and the curious."""
+    from transformers import LogitsProcessorList
+
+    kwargs, extra = sampler_settings(sampler, params, registry)
+    input_ids = build_prompt(tokenizer, prompt, system).to(_device(model))
+    stops = stop_token_ids(tokenizer)
+    # pad: when the tokenizer has none, reuse EOS (it is one in most chat tokenizers: pad = eos).
+    # The explicit all-ones attention mask matters then: left to infer it, generate() would treat
+    # every EOS/pad id inside the prompt (each earlier <|im_end|>) as padding and ignore it.
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else None)
+    return {**kwargs, "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad,
+            "logits_processor": LogitsProcessorList(extra)}
+
+
+def generate(model, tokenizer, prompt, sampler: str = "greedy", params: dict | None = None,
+             max_new_tokens: int = 200, seed: int = 0, stream: bool = False, system: str | None = None,
+             registry=None):
+    """The model's answer to ``prompt`` (a string or a list of chat messages), as text.
+
+    ``sampler`` names a sampler plugin and ``params`` its settings (defaults fill the
+    rest). Generation stops at the end-of-turn token, which is not part of the text.
+    ``seed`` makes sampling reproducible. With ``stream=True`` it returns an iterator of
+    text pieces as they are produced (for ``st.write_stream``) instead of a string.
+    """
+    kwargs = generate_arguments(model, tokenizer, prompt, sampler, params, max_new_tokens, system, registry)
+    if stream and kwargs["num_beams"] == 1:
+        return _stream(model, tokenizer, kwargs, seed)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        output = model.generate(**kwargs)
+    answer = tokenizer.decode(output[0, kwargs["input_ids"].shape[1]:], skip_special_tokens=True)
+    # Beam search cannot stream (it only knows the winner at the end): yield the answer in one piece.
+    return iter([answer]) if stream else answer
+
+
+def _stream(model, tokenizer, kwargs: dict, seed: int):
+    """Run generate() in a thread and yield its text as the streamer receives tokens."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    errors = []
+
+    def work():
+        try:
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                model.generate(**kwargs, streamer=streamer)
+        except Exception as exc:  # noqa: BLE001 - re-raised in the reader's thread below
+            errors.append(exc)
+            streamer.end()  # unblock the reader, which would otherwise wait forever
+
+    def pieces():
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        for piece in streamer:
+            if piece:
+                yield piece
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    return pieces()
+
+
+def sampling_processors(kwargs: dict, extra=()) -> list:
+    """The logits processors ``model.generate`` runs for these kwargs, in its order.
+
+    Mirrors transformers: the repetition penalty, then the plugin's ``extra``
+    processors, then (only when sampling) temperature, top-k, top-p, min-p.
+    Used to draw what a sampler does to one step.
+    """
+    from transformers import (MinPLogitsWarper, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                              TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper)
+
+    out = []
+    if kwargs.get("repetition_penalty", 1.0) != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(kwargs["repetition_penalty"]))
+    out.extend(extra)
+    if not kwargs.get("do_sample"):
+        return out
+    if kwargs.get("temperature", 1.0) != 1.0:
+        out.append(TemperatureLogitsWarper(kwargs["temperature"]))
+    if kwargs.get("top_k"):
+        out.append(TopKLogitsWarper(kwargs["top_k"]))
+    if kwargs.get("top_p", 1.0) < 1.0:
+        out.append(TopPLogitsWarper(kwargs["top_p"]))
+    if kwargs.get("min_p"):
+        out.append(MinPLogitsWarper(kwargs["min_p"]))
+    if kwargs.get("typical_p", 1.0) < 1.0:
+        out.append(TypicalLogitsWarper(kwargs["typical_p"]))
+    return out
+
+
+def readable_token(text: str) -> str:
+    """A token's text made visible on a chart: spaces as ␣, newlines as ⏎, tabs as ⇥."""
+    return text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
+
+
+def next_token_distribution(model, tokenizer, prompt, sampler: str = "greedy", params: dict | None = None,
+                            top: int = 15, prefix: str = "", system: str | None = None, registry=None) -> dict:
+    """One step of generation, seen from inside: what the model would say next, before and after the sampler.
+
+    Runs one forward pass on the templated prompt (plus ``prefix``, a partial answer)
+    and returns, for the ``top`` most likely tokens of the raw softmax::
+
+        {"tokens": [readable str], "ids": [int], "before": [prob], "after": [prob],
+         "other_before": prob, "other_after": prob, "kept": int, "greedy": bool}
+
+    ``after`` is the distribution the sampler actually draws from (renormalised; 0 for
+    tokens it cut). Greedy and beam search do not draw: greedy's ``after`` is all on
+    the single most likely token; beam's is the plain distribution (beam search looks
+    at several candidates, see its help). ``other_*`` is the mass outside the shown
+    tokens, ``kept`` how many tokens of the whole vocabulary can still be picked.
+    """
+    kwargs, extra = sampler_settings(sampler, params, registry)
+    input_ids = build_prompt(tokenizer, prompt, system)
+    if prefix:
+        prefix_ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        input_ids = torch.cat([input_ids, prefix_ids], dim=1)
+    input_ids = input_ids.to(_device(model))
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits[:, -1, :].float()
+        before = logits.softmax(-1)[0]
+        scores = logits
+        for processor in sampling_processors(kwargs, extra):
+            scores = processor(input_ids, scores)
+        greedy = not kwargs.get("do_sample") and kwargs.get("num_beams", 1) == 1
+        if greedy:
+            after = torch.zeros_like(before)
+            after[scores[0].argmax()] = 1.0
+        else:
+            after = scores.softmax(-1)[0]  # -inf (cut) tokens get exactly 0
+    top_probs, top_ids = before.topk(min(top, before.numel()))
+    ids = top_ids.tolist()
+    return {
+        "tokens": [readable_token(tokenizer.decode([i])) for i in ids],
+        "ids": ids,
+        "before": top_probs.tolist(),
+        "after": after[top_ids].tolist(),
+        "other_before": max(0.0, 1.0 - top_probs.sum().item()),
+        "other_after": max(0.0, 1.0 - after[top_ids].sum().item()),
+        "kept": int((after > 0).sum().item()),
+        "greedy": greedy,
+    }
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device

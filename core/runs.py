@@ -1,0 +1,225 @@
+"""The run store: one folder per run, readable by the dashboard, the CLI and a remote job's log.
+
+``runs/<id>/``::
+
+    config.yaml        the RunConfig this run trains with
+    status.json        state (queued | running | stopping | stopped | finished | failed), error, pid, step, total_steps
+    metrics.jsonl      one JSON object per event: step, epoch, loss, lr, grad_norm, tokens_per_s, elapsed_s;
+                       evaluation rows carry eval_loss
+    log.txt            the worker's stdout and stderr
+    checkpoints/step-N/  trainable weights, optimizer, scheduler, RNG and data position
+    final/             the trained model (from_pretrained-able), or the LoRA adapter folder
+    STOP               present = please stop (written by ``stop``)
+
+Every write is atomic (temp file + rename) or append-only, so a reader never
+sees half a file and a killed worker never corrupts what is already saved.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+ACTIVE = ("queued", "running", "stopping")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def runs_root() -> Path:
+    """Where runs live: ``$TUNELAB_RUNS_DIR``, default ``runs/`` in the repository."""
+    return Path(os.environ.get("TUNELAB_RUNS_DIR") or REPO_ROOT / "runs")
+
+
+def safe_run_id(name: str | None = None) -> str:
+    """A folder name from whatever a user typed: lowercase ASCII words joined by '-', plus a time stamp."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^a-z0-9]+", "-", (name or "").lower()).strip("-")[:40]
+    return f"{slug}-{stamp}" if slug else f"run-{stamp}"
+
+
+def create_run(config, name: str | None = None, root=None, run_dir=None) -> Path:
+    """Make a run folder with ``config.yaml`` and a queued status. Returns its path."""
+    if run_dir is None:
+        root = Path(root or runs_root())
+        run_id = safe_run_id(name)
+        run_dir, n = root / run_id, 1
+        while run_dir.exists():
+            n += 1
+            run_dir = root / f"{run_id}-{n}"
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", config.to_yaml())
+    if not (run_dir / "status.json").exists():
+        write_status(run_dir, state="queued", step=0, total_steps=None, error=None, pid=None)
+    return run_dir
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def now() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
+
+
+def write_status(run_dir, **fields) -> dict:
+    """Merge ``fields`` into ``status.json`` (atomically)."""
+    path = Path(run_dir) / "status.json"
+    status = _read_json(path) or {}
+    status.update(fields, updated_at=now())
+    write_atomic(path, json.dumps(status, indent=2))
+    return status
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is not running
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def read_status(run_dir) -> dict:
+    """The run's status; an active run whose worker is gone is reported as failed (interrupted)."""
+    run_dir = Path(run_dir)
+    status = _read_json(run_dir / "status.json")
+    if status is None:
+        raise UserError(f"{run_dir} is not a run folder (no status.json)")
+    if status.get("state") in ACTIVE and status.get("pid") and not pid_alive(status["pid"]):
+        status.update(state="failed", interrupted=True,
+                      error="interrupted: the worker process ended without finishing (killed or crashed). "
+                            "`python -m core resume RUN_DIR` continues from the last checkpoint.")
+    status["run_id"] = run_dir.name
+    status["checkpoint"] = str(latest_checkpoint(run_dir) or "") or None
+    return status
+
+
+def parse_metrics_lines(lines) -> list[dict]:
+    """Metrics rows from JSON lines; anything else (log text, a half-written last line) is skipped.
+
+    The same parser reads ``metrics.jsonl`` and a remote job's stdout.
+    """
+    rows = []
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
+def read_metrics(run_dir) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as f:
+        return parse_metrics_lines(f)
+
+
+def append_metrics(run_dir, row: dict) -> None:
+    with (Path(run_dir) / "metrics.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def truncate_metrics(run_dir, after_step: int) -> None:
+    """Drop rows past ``after_step`` (written after the checkpoint a resume starts from)."""
+    rows = [r for r in read_metrics(run_dir) if r["step"] <= after_step]
+    write_atomic(Path(run_dir) / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def checkpoints(run_dir) -> list[Path]:
+    folder = Path(run_dir) / "checkpoints"
+    found = [p for p in folder.glob("step-*") if (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_config(run_dir):
+    from .config import load_config as _load
+
+    return _load(Path(run_dir) / "config.yaml")
+
+
+def launch(run_dir, resume: bool = False) -> int:
+    """Start the training worker as its own process (and session): a closed tab or a Streamlit
+    rerun must not stop it. Its output goes to ``log.txt``. Returns the pid."""
+    run_dir = Path(run_dir).resolve()
+    status = read_status(run_dir)
+    if status.get("state") in ACTIVE and pid_alive(status.get("pid")):
+        raise UserError(f"run {run_dir.name} is already {status['state']} (pid {status['pid']})")
+    (run_dir / "STOP").unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "core", "resume" if resume else "train"]
+    cmd += [str(run_dir)] if resume else [str(run_dir / "config.yaml"), "--run-dir", str(run_dir)]
+    log = (run_dir / "log.txt").open("a", encoding="utf-8")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+    write_status(run_dir, state="queued", pid=proc.pid, error=None)
+    return proc.pid
+
+
+def start(config, name: str | None = None, root=None) -> Path:
+    """Create a run and launch its worker: what the Fine-tune page's Start button does."""
+    run_dir = create_run(config, name, root)
+    launch(run_dir)
+    return run_dir
+
+
+def request_stop(run_dir) -> None:
+    """Ask the worker to save a checkpoint and stop (it checks after every optimizer step)."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    if status.get("state") not in ACTIVE:
+        raise UserError(f"run {run_dir.name} is not running (state: {status.get('state')})")
+    (run_dir / "STOP").write_text(now())
+    write_status(run_dir, state="stopping")
+    if status.get("pid"):
+        try:
+            os.kill(int(status["pid"]), signal.SIGTERM)
+        except OSError:
+            pass
+
+
+def list_runs(root=None) -> list[dict]:
+    """Every run (newest first) with its status and a few config values."""
+    root = Path(root or runs_root())
+    out = []
+    for run_dir in sorted(root.glob("*/status.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            status = read_status(run_dir.parent)
+        except UserError:
+            continue
+        status["run_dir"] = str(run_dir.parent)
+        out.append(status)
+    return out

@@ -1,0 +1,80 @@
+"""Lesson 0: what fine-tuning is, the path through the lessons, and this machine."""
+
+import streamlit as st
+
+from dashboard import common, lessons
+
+st.title("TuneLab")
+st.markdown("#### Fine-tune a real language model, one step at a time — and see what each step does.")
+
+if st.button("Quick start: load the model", type="primary", icon=":material/rocket_launch:"):
+    st.switch_page("dashboard/load_model.py")
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    st.subheader("What is fine-tuning?")
+    st.markdown(
+        "Think of a **smart student** who has read a whole library: they write well, know a bit about "
+        "everything, and can follow instructions. *Fine-tuning* is giving that student a short course in "
+        "**one new subject** — a few hundred worked examples — so they answer the way you want.\n\n"
+        "Here the student is **SmolLM2-135M-Instruct**, a small but real chat model (135 million "
+        "parameters) that ships inside TuneLab and works offline. You will teach it to explain science "
+        "like a patient tutor, and measure whether it learned."
+    )
+with right:
+    st.subheader("Why not train from scratch?")
+    st.markdown(
+        "Training compute is roughly **6 × parameters × tokens** floating-point operations:\n\n"
+        "| | tokens | compute | on one H100 |\n"
+        "|---|---|---|---|\n"
+        "| pre-train SmolLM2-135M | 2 trillion | 1.6 × 10²¹ | ~ 6 weeks |\n"
+        "| fine-tune it (300 examples × 200 tokens × 3 epochs) | 180 thousand | 1.5 × 10¹⁴ | < 1 s |\n\n"
+        "Fine-tuning needs about **ten million times less** compute: minutes on a laptop CPU instead of "
+        "weeks on a data-centre GPU. (Big models scale the same way: Meta reports 1.3 million GPU-hours "
+        "to pre-train Llama 3 8B.)"
+    )
+
+common.lesson_box(lessons.FINE_TUNING)
+
+st.subheader("The path")
+st.caption("Six steps, the same six you will find in any fine-tuning project — then two deeper lessons.")
+PATH = [
+    ("dashboard/load_model.py", "1 · Load a model", ":material/download:",
+     "Look inside a real model: layers, parameters, tokens, chat template, a first answer."),
+    ("dashboard/prepare_data.py", "2 · Prepare data", ":material/table_view:",
+     "Read a data set, check it, and see exactly which tokens the model is trained on."),
+    ("dashboard/set_up_training.py", "3 · Set up training", ":material/tune:",
+     "Every hyperparameter explained, the learning-rate schedule, the memory it will need."),
+    ("dashboard/fine_tune.py", "4 · Fine-tune", ":material/model_training:",
+     "Start training and watch the loss fall, live."),
+    ("dashboard/generate.py", "5 · Generate", ":material/chat:",
+     "Talk to the tuned model; compare it with the 'before' answer; try sampling strategies."),
+    ("dashboard/evaluate.py", "6 · Evaluate", ":material/fact_check:",
+     "Measure base vs tuned on held-out examples."),
+    ("dashboard/memory.py", "7 · Memory", ":material/memory:",
+     "Where memory goes in training, and what LoRA, checkpointing and precision save."),
+    ("dashboard/plugins.py", "8 · Plugins", ":material/extension:",
+     "Data formats, samplers and evaluators are plugins; add your own."),
+]
+cols = st.columns(2)
+for i, (page, label, icon, blurb) in enumerate(PATH):
+    with cols[i % 2].container(border=True):
+        st.page_link(page, label=f"**{label}**", icon=icon)
+        st.caption(blurb)
+
+# Last, so the text above has painted before torch is imported to look for a GPU.
+st.subheader("This machine")
+info = common.machine()
+a, b, c = st.columns(3)
+a.metric("CPU cores", info["cpu_cores"])
+b.metric("RAM", common.human_bytes(info["ram_total"]), f"{common.human_bytes(info['ram_available'])} free",
+         delta_color="off")
+if info["gpu"]:
+    c.metric("GPU", info["gpu"], common.human_bytes(info["gpu_memory"]) if info["gpu_memory"] else None,
+             delta_color="off")
+    st.success("A GPU is available: training takes seconds per epoch"
+               + (" (and bf16 mixed precision is supported)." if info["bf16"] else "."))
+else:
+    c.metric("GPU", "none")
+    st.info("No GPU here: TuneLab trains on the CPU in fp32. The lesson's model is small enough that a "
+            "short run takes minutes.", icon=":material/info:")

@@ -92,7 +92,11 @@ def _echo_progress(total_steps_ref):
 
 
 def _run_training(cfg, run_dir: Path, resume: bool) -> int:
+    from transformers.utils import logging as hf_logging
+
     from . import runs, train
+
+    hf_logging.disable_progress_bar()  # the log shows metrics, not weight-loading bars
 
     def total():
         return runs.read_status(run_dir).get("total_steps")

@@ -85,22 +85,51 @@ def load_records(path, format: str | None = None, params: dict | None = None, re
     return dataset, format
 
 
-def encode_messages(messages, tokenizer, max_length: int, train_on_prompt: bool = False) -> dict:
-    """Tokenize one conversation; label only the assistant's tokens.
+def _assistant_spans(messages, text: str, tokenizer) -> list[tuple[int, int]]:
+    """Character spans of the assistant replies in ``text`` (content + end-of-turn marker).
 
-    Each assistant reply's character span is found by rendering the
-    conversation up to that turn (with the generation prompt) and up to the end
-    of the turn: everything between is what the model must learn to say,
-    the end-of-turn token included (so it learns to stop).
+    Render the conversation up to each reply (with the generation prompt) and up to
+    the end of that turn: what lies between is what the model must learn to say.
+    Whitespace the template puts after the end-of-turn marker is not part of the
+    reply. When a template renders a prefix differently from the whole (a default
+    system prompt only for non-empty lists, thinking blocks dropped from earlier
+    turns), fall back to finding the reply's text itself, plus the EOS marker.
     """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = []
+    spans, pos = [], 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
-        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        start = end = None
+        if i:
+            before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            if text.startswith(before) and text.startswith(upto) and len(upto) > len(before) >= pos:
+                start, end = len(before), len(upto)
+        if start is None:
+            start = text.find(m["content"], pos)
+            if start < 0 or not m["content"]:
+                continue
+            end = start + len(m["content"])
+            eos = tokenizer.eos_token
+            if eos and text.startswith(eos, end):
+                end += len(eos)
+        reply = text[start:end].rstrip()
+        if reply:
+            end = start + len(reply)
         spans.append((start, end))
+        pos = end
+    return spans
+
+
+def encode_messages(messages, tokenizer, max_length: int, train_on_prompt: bool = False) -> dict:
+    """Tokenize one conversation; label only the assistant's tokens.
+
+    The labelled tokens are each assistant reply and its end-of-turn token (so
+    the model learns to stop); the system prompt, the user's turns and the
+    template's role headers are masked with -100.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = _assistant_spans(messages, text, tokenizer)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     labels = []
@@ -118,8 +147,9 @@ def encode_text(text: str, tokenizer, max_length: int) -> list[dict]:
     if tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]  # marks where one document ends
     chunks = [ids[i: i + max_length] for i in range(0, len(ids), max_length)]
-    return [{"input_ids": c, "labels": list(c), "truncated": len(ids) > max_length, "length": len(ids)}
-            for c in chunks if len(c) > 1]
+    # A long document counts once as cut (on its first chunk), not once per chunk.
+    return [{"input_ids": c, "labels": list(c), "truncated": k == 0 and len(ids) > max_length,
+             "length": len(ids)} for k, c in enumerate(chunks) if len(c) > 1]
 
 
 def encode_record(record: dict, tokenizer, max_length: int, train_on_prompt: bool = False) -> list[dict]:

@@ -85,7 +85,7 @@ def build_model(cfg: RunConfig):
     model.train()
     if cfg.gradient_checkpointing:
         model.config.use_cache = False  # the cache is useless in training and clashes with checkpointing
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})  # transformers 5 name
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
 

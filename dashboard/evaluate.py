@@ -10,8 +10,8 @@ st.markdown(
     "scores them with *evaluator* plugins (validation loss and perplexity, overlap with the reference "
     "answer, and more), so you can tell learning from luck."
 )
-if common.engine_function("evaluate", "evaluate") is None:
-    common.missing("core.evaluate.evaluate",
+if common.engine_function("evaluate", "compare") is None:
+    common.missing("core.evaluate.compare",
                    "a table of base vs tuned scores per evaluator, with the change coloured by whether "
                    "higher is better, and the answers side by side")
 else:

@@ -172,3 +172,29 @@ PLUGINS = box(
     "A plugin that fails to load is shown here with its error; the rest of TuneLab carries on.",
     "Two plugins registering the same name: the built-in wins, and the clash is listed.",
 )
+
+# Recommended ranges shown under each hyperparameter on lesson 3 (the key's meaning comes from
+# core.config.CONFIG_DOCS; this is the advice on top).
+RECOMMENDED = {
+    "method": "lora on small machines or big models; full for a small model you can afford to train whole",
+    "lora.r": "8 – 32",
+    "lora.alpha": "2 × r",
+    "lora.dropout": "0 – 0.1",
+    "max_length": "just above the 95th percentile of your examples' lengths (lesson 2)",
+    "data.val_fraction": "0.05 – 0.2",
+    "epochs": "1 – 3 (more overfits a small data set)",
+    "max_steps": "0 (use epochs), or a small number for a quick try",
+    "batch_size": "as large as memory allows: 4 – 16",
+    "grad_accum": "effective batch (batch_size × grad_accum) of 8 – 64",
+    "lr": "full: 1e-5 – 1e-4 · LoRA: 1e-4 – 1e-3",
+    "scheduler": "cosine or linear",
+    "warmup_ratio": "0.03 – 0.1",
+    "weight_decay": "0 – 0.1",
+    "max_grad_norm": "1.0",
+    "eval_every": "about 10 evaluations per run",
+    "save_every": "0 for short runs; a few hundred steps for long ones",
+    "seed": "any; change it to see how much a result is luck",
+    "precision": "auto",
+    "gradient_checkpointing": "on when memory is tight, off otherwise",
+    "train_on_prompt": "off",
+}

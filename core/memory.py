@@ -1,0 +1,496 @@
+"""How much memory does fine-tuning need? An estimate from the config, and a measurement.
+
+Training memory has five parts (all in bytes; P = parameters, T = trainable parameters):
+
+- **weights**: P x 4 in fp32. In mixed precision (``bf16``/``fp16``, the way accelerate and the
+  training engine do it: fp32 weights, ``torch.autocast`` for the maths) the fp32 weights stay --
+  they are the *master copy* the optimizer updates -- and autocast adds a 16-bit copy of every
+  matrix-multiply weight for the forward and backward passes: P x 4 + P_matmul x 2. Only pure
+  16-bit training (``master_weights=False``: the model loaded as bf16 and trained as is) halves
+  the weights to P x 2, at the cost of updates too small for bf16 getting lost.
+- **gradients**: one per trainable parameter, in the weights' dtype: T x 4 (T x 2 pure 16-bit).
+- **optimizer**: AdamW keeps two running averages (m and v) per trainable parameter: T x 8, in
+  fp32 (T x 4 in pure 16-bit, where PyTorch keeps them in the parameter's dtype). Plain SGD: 0.
+  With LoRA, T is the adapters only, which is where LoRA's saving comes from.
+- **activations**: what the forward pass saves for the backward pass; see :func:`activation_bytes`.
+  It grows with batch x length, which is why those are the first knobs to turn.
+- **logits**: batch x length x vocabulary scores, kept in fp32 for the loss: the logits, the
+  log-softmax the loss saves, and their gradient in the backward pass. With a 49k vocabulary this
+  is as big as several layers' activations.
+
+``total`` is the *peak* of a steady-state training step, not the plain sum: gradients are
+created while the backward pass frees activations, so the two are never all alive at once. The
+peak is weights + optimizer state + the larger of (activations + logits + a share of the
+gradients, during backward) and (gradients + the optimizer's temporaries, during its step).
+The coefficients below were measured by counting the tensors autograd saves (with
+``torch.autograd.graph.saved_tensors_hooks``) on transformers 5.23 / torch 2.13, and checked
+against :func:`measure_step`.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import resource
+import threading
+import time
+
+EMBEDDED_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "smollm3")
+GPT2_LIKE = ("gpt2", "gpt_bigcode", "gpt_neo")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def default_lora_targets(model_type: str) -> list[str]:
+    """The modules LoRA adapts by default: the attention projections, as in the LoRA paper.
+
+    Adapting the MLP too (``gate_proj``, ``up_proj``, ``down_proj``) adds capacity and memory;
+    pass ``lora_target_modules`` to choose.
+    """
+    if model_type in GPT2_LIKE:
+        return ["c_attn", "c_proj"]  # GPT-2 fuses q, k, v into c_attn; c_proj matches attention and MLP outputs
+    if model_type in ("phi3",):
+        return ["qkv_proj", "o_proj"]
+    return ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def fmt_bytes(n: float) -> str:
+    """``1288490188`` -> ``'1.2 GiB'`` (binary units, as ``nvidia-smi`` and ``free`` use)."""
+    n = float(n)
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    return f"{sign}{n:.1f} TiB"  # unreachable; keeps linters quiet
+
+
+# -- the model's shape, without its weights --------------------------------------------------
+
+def _config(model_or_config):
+    """A transformers config from a model, a config, its ``to_dict()``, or a name (as ``load_model``)."""
+    if isinstance(model_or_config, dict):  # an estimate's "config": rebuilt to re-estimate
+        from transformers import AutoConfig
+
+        return AutoConfig.for_model(**model_or_config)
+    if hasattr(model_or_config, "config") and not isinstance(model_or_config, str):
+        return model_or_config.config
+    if isinstance(model_or_config, str):
+        from transformers import AutoConfig
+
+        from .models import _adapter_base, resolve
+
+        where = resolve(model_or_config)
+        return AutoConfig.from_pretrained(_adapter_base(where) or where)
+    return model_or_config
+
+
+def _shape(config) -> dict:
+    """Sizes the formulas need, under the names Llama and GPT-2 configs use."""
+    g = lambda *names, default=None: next((getattr(config, n) for n in names if getattr(config, n, None)), default)  # noqa: E731
+    h = g("hidden_size", "n_embd", "d_model")
+    heads = g("num_attention_heads", "n_head")
+    head_dim = g("head_dim", default=h // heads)
+    return {"model_type": getattr(config, "model_type", ""), "hidden": h,
+            "intermediate": g("intermediate_size", "n_inner", "ffn_dim", default=4 * h),
+            "heads": heads, "kv": g("num_key_value_heads", default=heads) * head_dim,
+            "layers": g("num_hidden_layers", "n_layer"), "vocab": config.vocab_size,
+            "attention": getattr(config, "_attn_implementation", None) or "sdpa"}
+
+
+def _linear_shapes(config) -> tuple[int, int, dict[str, list[tuple[int, int]]]]:
+    """(parameters, matmul-weight parameters, {module suffix: [(in, out), ...]}) from the config.
+
+    The model is built on PyTorch's ``meta`` device: every tensor has a shape but no storage, so
+    this is exact for any architecture and costs no memory.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    seen, total, matmul, linears = set(), 0, 0, {}
+    for p in model.parameters():
+        if id(p) not in seen:  # tied embeddings count once
+            seen.add(id(p))
+            total += p.numel()
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if kind in ("Linear", "Conv1D"):
+            w = module.weight
+            fan_in, fan_out = (w.shape[1], w.shape[0]) if kind == "Linear" else (w.shape[0], w.shape[1])
+            linears.setdefault(name.rsplit(".", 1)[-1], []).append((fan_in, fan_out))
+            matmul += w.numel()
+    return total, matmul, linears
+
+
+def lora_parameters(linears: dict, targets, r: int) -> int:
+    """LoRA adds A (r x in) and B (out x r) beside each targeted weight: r x (in + out) each."""
+    return sum(r * (i + o) for name in targets for i, o in linears.get(name, []))
+
+
+# -- activations ---------------------------------------------------------------------------
+
+def activation_bytes(shape: dict, batch_size: int, max_length: int, mode: str, method: str = "full",
+                     targets=(), lora_r: int = 16, lora_dropout: float = 0.05,
+                     gradient_checkpointing: bool = False) -> int:
+    """Bytes the forward pass saves for backward, for all layers.
+
+    Per layer and per token, with h = hidden size, k = key/value width (kv heads x head dim),
+    i = intermediate size, a = heads, s = sequence length (bytes; mode fp32 / mixed / pure16):
+
+    Llama-style layer (RMSNorm, rotary, SDPA attention, gated SiLU MLP):
+        fp32:  32h + 8k + 16i   = 4 bytes x (8 hidden-sized tensors: norm inputs and outputs, q and
+                                  its rotary copy, attention output...; 2 k/v-sized; 4 MLP-sized:
+                                  gate, up, silu(gate), their product)
+        mixed: 30h + 4k + 8i    (matmul outputs in 16-bit; norms, rotary and residuals stay fp32)
+        pure:  20h + 4k + 8i    (RMSNorm upcasts to fp32 inside)
+      SDPA (the default) runs flash/memory-efficient kernels, on CPU too, which keep only a
+      log-sum-exp per head (4a bytes) -- no s x s score matrix. ``eager`` attention stores the
+      attention probabilities: + 4as bytes (fp32), + 6as (mixed: fp32 softmax plus a 16-bit copy).
+      This is Korthikanti et al.'s ``sbh(34 + 5as/h)`` adapted: no dropout, a gated MLP, and the
+      5as/h term gone with SDPA.
+    GPT-2 layer (LayerNorm, GELU, dropout, attention scores kept):
+        fp32: 40h + 20i + 12as;  mixed: 30h + 10i + 12as;  pure: half of fp32.
+
+    LoRA freezes the base weights, so a frozen projection no longer saves its input for a weight
+    gradient: minus 2h elements (the norms' outputs), and minus h + i more when the MLP is not
+    adapted. Each adapter saves its r-wide ``A`` output, and with dropout > 0 its dropped-out input
+    (about 7 bytes per input feature in fp32, 4 in mixed precision) -- so LoRA with dropout can save
+    *more* activations than full fine-tuning: its saving is in gradients and optimizer state.
+
+    Gradient checkpointing keeps only each layer's input (h x 4 bytes per token, the fp32 residual
+    stream) and recomputes one layer at a time in backward: L x 4h + one layer's activations.
+    """
+    h, k, i, a, s = shape["hidden"], shape["kv"], shape["intermediate"], shape["heads"], max_length
+    tokens, layers = batch_size * max_length, shape["layers"]
+    element = {"fp32": 4, "mixed": 2, "pure": 2}[mode]
+    if shape["model_type"] in GPT2_LIKE:
+        per = {"fp32": 40 * h + 20 * i, "mixed": 30 * h + 10 * i, "pure": 20 * h + 10 * i}[mode]
+        per += 12 * a * s  # scores, probabilities, dropped-out probabilities
+    else:
+        per = {"fp32": 32 * h + 8 * k + 16 * i, "mixed": 30 * h + 4 * k + 8 * i, "pure": 20 * h + 4 * k + 8 * i}[mode]
+        per += 4 * a if shape["attention"] != "eager" else (4 if mode == "fp32" else 6) * a * s
+    if method == "lora":
+        mlp_adapted = any(t in targets for t in ("down_proj", "fc2", "w2", "mlp.c_proj", "dense_4h_to_h"))
+        per -= {"fp32": 8, "mixed": 6, "pure": 4}[mode] * h  # frozen norm weights: their outputs are not saved
+        if not mlp_adapted:
+            per -= {"fp32": 4, "mixed": 4, "pure": 2}[mode] * (h + i)
+        fan_ins = [fi for name, shapes in shape.get("linears", {}).items() if name in targets for fi, _ in shapes]
+        per += sum(lora_r * element + (7 if mode == "fp32" else 4) * fi * (lora_dropout > 0) for fi in fan_ins) // max(layers, 1)
+    per_layer = per * tokens
+    if gradient_checkpointing:
+        return int(layers * 4 * h * tokens + per_layer)
+    return int(layers * per_layer)
+
+
+# -- the estimate --------------------------------------------------------------------------
+
+def _mode(precision: str, master_weights: bool) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (or 'auto'), got {precision!r}")
+    return "fp32" if precision == "fp32" else ("mixed" if master_weights else "pure")
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> fp32 on CPU, bf16 on GPUs that support it, else fp16 (DESIGN.md)."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def estimate(model_or_config, method: str = "full", precision: str = "fp32", batch_size: int = 4,
+             max_length: int = 256, gradient_checkpointing: bool = False, lora_r: int = 16,
+             lora_target_modules=None, optimizer: str = "adamw", lora_dropout: float = 0.05,
+             master_weights: bool = True) -> dict:
+    """Estimate training memory in bytes, from a config alone (a model, its ``.config``, or a name).
+
+    Returns ``weights``, ``gradients``, ``optimizer``, ``activations``, ``logits``, ``total`` (the
+    peak; see the module docstring), ``parameters``, ``trainable_parameters`` and the inputs.
+    ``master_weights=True`` is mixed precision as accelerate does it (fp32 weights as the master
+    copy, 16-bit maths); ``False`` is pure 16-bit training. Ignored for fp32.
+    """
+    if method not in ("full", "lora"):
+        raise ValueError(f"method must be 'full' or 'lora', got {method!r}")
+    if optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+    precision = resolve_precision(precision)
+    mode = _mode(precision, master_weights)
+    config = _config(model_or_config)
+    shape = _shape(config)
+    params, matmul, linears = _linear_shapes(config)
+    targets = list(lora_target_modules or default_lora_targets(shape["model_type"]))
+    if method == "lora":
+        # peft matches a target against the end of a module's name; here, against the last part.
+        missing = [t for t in targets if t.rsplit(".", 1)[-1] not in linears]
+        if missing:
+            raise ValueError(f"LoRA target module(s) {', '.join(missing)} not in this model; "
+                             f"its linear layers are: {', '.join(sorted(linears))}")
+        targets = [t.rsplit(".", 1)[-1] for t in targets]
+        trainable = lora_parameters(linears, targets, lora_r)
+    else:
+        trainable = params
+    shape["linears"] = linears
+
+    master = 4 if mode != "pure" else 2
+    weights = params * master + (matmul * 2 if mode == "mixed" else 0)  # + autocast's 16-bit copies
+    if method == "lora":
+        weights += trainable * 4  # adapters are fp32 (peft upcasts them)
+    gradients = trainable * (4 if mode != "pure" or method == "lora" else 2)
+    states = 0 if optimizer == "sgd" else trainable * (8 if mode != "pure" or method == "lora" else 4)
+    activations = activation_bytes(shape, batch_size, max_length, mode, method, targets, lora_r,
+                                   lora_dropout, gradient_checkpointing)
+    tokens_vocab = batch_size * max_length * shape["vocab"]
+    # fp32 logits + the saved log-softmax (+ the 16-bit logits under autocast) alive at the end of
+    # the forward pass; the backward pass adds the gradient of each, one after the other.
+    logits = tokens_vocab * (4 * 3 + (2 if mode == "mixed" else 0))
+
+    # The peak: gradients appear while activations are freed, so not everything is alive at once.
+    # During backward: activations + logits + the embedding gradient (the first big one, since
+    # the output layer is tied to it). During the optimizer step: all gradients + temporaries.
+    embed_grad = shape["vocab"] * shape["hidden"] * 4 if method == "full" else 0
+    backward_peak = activations + logits + embed_grad
+    step_peak = gradients + (trainable * 4 if optimizer == "adamw" else 0)  # AdamW's per-step temporaries
+    total = weights + states + max(backward_peak, step_peak)
+    return {"weights": int(weights), "gradients": int(gradients), "optimizer": int(states),
+            "activations": int(activations), "logits": int(logits), "total": int(total),
+            "parameters": int(params), "trainable_parameters": int(trainable),
+            "method": method, "precision": precision, "batch_size": batch_size, "max_length": max_length,
+            "gradient_checkpointing": gradient_checkpointing, "lora_r": lora_r,
+            "lora_target_modules": targets if method == "lora" else [], "lora_dropout": lora_dropout,
+            "optimizer_name": optimizer, "master_weights": master_weights,
+            "model_type": shape["model_type"], "config": config.to_dict()}
+
+
+def verdict(total_bytes: int, available_bytes: int) -> str:
+    """``fits`` below 75% of what is available, ``tight`` up to 100%, else ``won't fit``.
+
+    Why 75%: the allocator's fragmentation, the CUDA context (~0.5 GiB) or the rest of the
+    process (Python, tokenizer, data) need room the estimate does not count.
+    """
+    if total_bytes > available_bytes:
+        return "won't fit"
+    return "tight" if total_bytes > 0.75 * available_bytes else "fits"
+
+
+def machine_memory() -> dict:
+    """RAM (total, available) and, when there is one, the CUDA GPU's name and memory, in bytes."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    info = {"ram_total": vm.total, "ram_available": vm.available, "cuda": False}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            free, total = torch.cuda.mem_get_info(0)
+            info.update(cuda=True, gpu_name=props.name, gpu_total=total, gpu_available=free)
+    except Exception:  # noqa: BLE001 - a broken CUDA set-up must not break the estimate page
+        pass
+    return info
+
+
+def oom_advice(estimate_dict: dict, available_bytes: int) -> list[str]:
+    """The out-of-memory ladder, in the order to try it, each step with what it saves *here*.
+
+    1. smaller batch (keep the effective batch with grad_accum), 2. shorter max_length,
+    3. gradient checkpointing, 4. LoRA, 5. lower precision. Each saving is computed by
+    re-estimating with that one change. Returns [] when the estimate already fits.
+    """
+    e = estimate_dict
+    if e["total"] <= 0.75 * available_bytes:
+        return []
+    keys = ("method", "precision", "batch_size", "max_length", "gradient_checkpointing", "lora_r",
+            "lora_target_modules", "lora_dropout", "master_weights")
+    base = {k: e[k] for k in keys}
+    base["optimizer"] = e["optimizer_name"]
+
+    def saving(**change) -> int:
+        return e["total"] - estimate(e["config"], **{**base, **change})["total"]
+
+    advice = []
+    b = e["batch_size"]
+    if b > 1:
+        nb = max(1, b // 2)
+        advice.append(f"Halve the batch size to {nb} and set grad_accum to {b // nb}x yours, so the effective "
+                      f"batch stays the same: saves {fmt_bytes(saving(batch_size=nb))}.")
+    if e["max_length"] > 64:
+        nl = max(64, e["max_length"] // 2)
+        advice.append(f"Cut max_length to {nl} tokens (longer examples get truncated): "
+                      f"saves {fmt_bytes(saving(max_length=nl))}.")
+    if not e["gradient_checkpointing"]:
+        advice.append("Turn on gradient checkpointing (recompute activations in backward, ~30% slower): "
+                      f"saves {fmt_bytes(saving(gradient_checkpointing=True))}.")
+    if e["method"] == "full":
+        advice.append("Train LoRA adapters instead of every weight (no gradients or optimizer state for the "
+                      f"frozen base): saves {fmt_bytes(saving(method='lora', lora_target_modules=None))}.")
+    if e["precision"] == "fp32":
+        s = saving(precision="bf16")
+        if s > 0:
+            advice.append(f"Use bf16 mixed precision on a GPU that supports it (fp16 otherwise): saves {fmt_bytes(s)}.")
+        s = saving(precision="bf16", master_weights=False)
+        if s > 0:
+            advice.append(f"Or load the model in bf16 and train it in pure bf16 (no fp32 master copy; small updates "
+                          f"can get lost): saves {fmt_bytes(s)}.")
+    return [line for line in advice if "saves -" not in line and "saves 0 B" not in line]
+
+
+# -- measurement ---------------------------------------------------------------------------
+
+class _PeakRSS:
+    """Sample this process's resident memory every few ms in a background thread.
+
+    Why sampling, not ``resource.getrusage().ru_maxrss``: ru_maxrss is the process's all-time
+    high-water mark, so a step that stays below an earlier peak (loading the model, a previous
+    step) reads as 0. The sampler can miss a spike shorter than its interval, so ru_maxrss is
+    still used when it did rise during the step. PyTorch ops release the GIL, so the thread runs.
+    """
+
+    def __init__(self, interval: float = 0.002):
+        import psutil
+
+        self.proc, self.interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        _release_free_memory()
+        self.start = self.peak = self.proc.memory_info().rss
+        self.maxrss_before = _maxrss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        if _maxrss() > self.maxrss_before:
+            self.peak = max(self.peak, _maxrss())
+
+    @property
+    def increase(self) -> int:
+        return max(0, self.peak - self.start)
+
+
+def _maxrss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _release_free_memory() -> None:
+    """Give freed heap memory back to the OS, so the next step's growth shows in RSS (glibc)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _tensor_bytes(model, optimizer=None) -> int:
+    """Bytes held by the model's parameters and buffers (and the optimizer's state)."""
+    seen, total = set(), 0
+    tensors = list(model.parameters()) + list(model.buffers())
+    if optimizer is not None:
+        tensors += [t for state in optimizer.state.values() for t in state.values() if hasattr(t, "nbytes")]
+    for t in tensors:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.nbytes
+    return total
+
+
+def measure_step(model_name_or_model, method: str = "full", precision: str = "fp32", batch_size: int = 4,
+                 max_length: int = 256, gradient_checkpointing: bool = False, lora_r: int = 16,
+                 lora_target_modules=None, lora_dropout: float = 0.05, steps: int = 2, device: str | None = None) -> dict:
+    """Run real training steps (forward, backward, AdamW) on random tokens and measure the peak.
+
+    The batch is ``batch_size`` x ``max_length`` random token ids (labels = inputs), exactly the
+    shape the estimate assumes. Mixed precision uses ``torch.autocast`` over fp32 weights (with a
+    grad scaler for fp16 on CUDA), as the training engine does.
+
+    Why ``steps=2``: AdamW creates its state in the first step, so the first step's peak is lower
+    than every later one's; the result is the peak over the steps, and ``step_peaks`` lists each.
+
+    ``peak_bytes``: on CUDA, ``torch.cuda.max_memory_allocated`` (after resetting it), which
+    includes the weights. On CPU, the peak RSS increase during the step (sampled, see
+    :class:`_PeakRSS`) plus the bytes of the weights and optimizer state already resident before
+    it -- so both are comparable with the estimate's ``total``.
+    """
+    import torch
+
+    from .models import load_model
+
+    precision = resolve_precision(precision)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(model_name_or_model, str):
+        model, _ = load_model(model_name_or_model, device=device)
+    else:
+        model = model_name_or_model.to(device)
+    model.config.use_cache = False  # the KV cache is for generation; training never reads it
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = list(lora_target_modules or default_lora_targets(model.config.model_type))
+        model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=lora_dropout,
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
+        if gradient_checkpointing:
+            model.enable_input_require_grads()  # checkpointed layers need an input that requires grad
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device) if precision == "fp16" and device == "cuda" else None
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    batch = torch.randint(0, vocab, (batch_size, max_length), generator=gen).to(device)
+
+    peaks, times = [], []
+    for _ in range(max(1, steps)):
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            resident = _tensor_bytes(model, optimizer)
+            meter = _PeakRSS().__enter__()
+        start = time.perf_counter()
+        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
+            loss = model(input_ids=batch, labels=batch).loss
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+            peaks.append(torch.cuda.max_memory_allocated())
+        else:
+            meter.__exit__(None, None, None)
+            peaks.append(resident + meter.increase)
+        times.append(time.perf_counter() - start)
+        del loss
+    total, trainable = 0, 0
+    for p in {id(p): p for p in model.parameters()}.values():
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return {"peak_bytes": int(max(peaks)), "step_peaks": [int(p) for p in peaks],
+            "step_seconds": times[-1], "step_times": times, "device": device,
+            "how": "torch.cuda.max_memory_allocated" if device == "cuda" else "resident tensors + sampled RSS increase",
+            "method": method, "precision": precision, "batch_size": batch_size, "max_length": max_length,
+            "gradient_checkpointing": gradient_checkpointing, "lora_r": lora_r,
+            "parameters": total, "trainable_parameters": trainable, "loss": None}

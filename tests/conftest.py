@@ -1,0 +1,69 @@
+"""Shared fixtures. Tests are offline (HF_HUB_OFFLINE=1) and use a tiny random model where they can."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The embedded model's converted copy is cached across test sessions (the conversion takes ~25 s).
+os.environ.setdefault("TUNELAB_HOME", str(Path.home() / ".cache" / "tunelab"))
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_WORLD = REPO.parent / "shared" / "real-world"
+
+
+@pytest.fixture(scope="session")
+def embedded_dir():
+    from core import models
+
+    return models.ensure_embedded()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_dir):
+    from core import models
+
+    return models.load_tokenizer("embedded")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, embedded_dir):
+    """A folder with a two-layer random Llama and the embedded tokenizer."""
+    from core import models
+
+    return models.make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def chat_file(tmp_path):
+    """A small alpaca file: 24 short examples."""
+    import json
+
+    rows = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a} plus {b} is {a + b}."}
+            for a in range(6) for b in range(4)]
+    path = tmp_path / "sums.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.fixture
+def write(tmp_path):
+    """write(name, text or bytes) -> path, for malformed-input tests."""
+
+    def _write(name, content):
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    return _write

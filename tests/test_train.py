@@ -1,0 +1,208 @@
+"""The training engine on a tiny random model: rows, validation, checkpoints, final/, stop/resume, LoRA."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pluggy
+import pytest
+
+from core import runs, train
+from core.config import RunConfig
+from core.errors import UserError
+from core.registry import Registry
+
+hookimpl = pluggy.HookimplMarker("tunelab")
+
+
+def config(tiny_model, chat_file, **over):
+    base = {"model": tiny_model, "data": {"path": str(chat_file), "val_fraction": 0.2}, "max_length": 64,
+            "max_steps": 6, "batch_size": 4, "lr": 1e-3, "eval_every": 3, "save_every": 0, "warmup_ratio": 0.0}
+    base.update(over)
+    return RunConfig.from_dict(base)
+
+
+def losses(run_dir):
+    return [r for r in runs.read_metrics(run_dir) if "loss" in r]
+
+
+def test_full_run_writes_rows_validation_and_a_final_model(tiny_model, chat_file, tmp_path):
+    cfg = config(tiny_model, chat_file, save_every=3)
+    result = train.train(cfg, tmp_path / "run")
+    assert result["state"] == "finished" and result["error"] is None
+    rows = runs.read_metrics(tmp_path / "run")
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # a row for every optimizer step
+    for r in rows:
+        if "loss" in r:
+            assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"} <= set(r)
+    assert [r["step"] for r in rows if "eval_loss" in r] == [3, 6]
+    assert (tmp_path / "run" / "checkpoints" / "step-3" / "trainer_state.json").is_file()
+    status = runs.read_status(tmp_path / "run")
+    assert status["state"] == "finished" and status["step"] == 6 and status["total_steps"] == 6
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "final")
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is 1 plus 2?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_loss_falls_on_a_learnable_set(tiny_model, chat_file, tmp_path):
+    cfg = config(tiny_model, chat_file, max_steps=30, lr=3e-3, eval_every=0)
+    train.train(cfg, tmp_path / "run")
+    rows = losses(tmp_path / "run")
+    assert sum(r["loss"] for r in rows[-5:]) < sum(r["loss"] for r in rows[:5])
+
+
+def test_lr_schedule_warmup_and_decay():
+    cfg = RunConfig.from_dict({"lr": 1.0, "warmup_ratio": 0.2, "scheduler": "linear"})
+    lrs = train.lr_schedule(cfg, 10)
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] < 0.2
+    cfg.scheduler = "cosine"
+    assert train.lr_schedule(cfg, 10)[2] == pytest.approx(1.0)
+    cfg.scheduler = "constant"
+    assert train.lr_schedule(cfg, 10)[2:] == [1.0] * 8
+
+
+class StopAfter:
+    """A plugin that asks for a stop once a step is logged, as the dashboard's Stop button would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @hookimpl
+    def on_log(self, run, metrics):
+        if metrics["step"] == self.step:
+            (runs.Path(run["run_dir"]) / "STOP").write_text("x")
+
+
+def test_stop_then_resume_continues_without_gap_or_repeat(tiny_model, chat_file, tmp_path):
+    cfg = config(tiny_model, chat_file, max_steps=8, grad_accum=2, batch_size=2)
+    reference = train.train(cfg, tmp_path / "straight")
+    assert reference["state"] == "finished"
+
+    reg = Registry(load_external=False, extra_plugins=[(StopAfter(3), "stopper")])
+    first = train.train(cfg, tmp_path / "run", registry=reg)
+    assert first["state"] == "stopped" and first["step"] == 3
+    assert runs.read_status(tmp_path / "run")["state"] == "stopped"
+    assert runs.latest_checkpoint(tmp_path / "run").name == "step-3"
+
+    second = train.train(cfg, tmp_path / "run", resume=True)
+    assert second["state"] == "finished"
+    steps = [r["step"] for r in losses(tmp_path / "run")]
+    assert steps == list(range(1, 9))
+    # model, optimizer, scheduler, RNG and data position restored: the same curve as without a stop
+    for a, b in zip(losses(tmp_path / "run"), losses(tmp_path / "straight")):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), a["step"]
+        assert a["lr"] == pytest.approx(b["lr"])
+
+
+def test_a_killed_worker_is_reported_failed_and_resumes(tiny_model, chat_file, tmp_path):
+    cfg = config(tiny_model, chat_file, max_steps=400, save_every=2, eval_every=0)
+    run_dir = runs.create_run(cfg, run_dir=tmp_path / "run")
+    pid = runs.launch(run_dir)
+    deadline = time.time() + 120
+    while time.time() < deadline and not runs.latest_checkpoint(run_dir):
+        time.sleep(0.2)
+    assert runs.latest_checkpoint(run_dir), (run_dir / "log.txt").read_text()
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    status = runs.read_status(run_dir)
+    assert status["state"] == "failed" and "interrupted" in status["error"]
+    kept = len(losses(run_dir))
+    assert kept >= 2
+
+    # resume reads the run's own config; shorten it so the test stays fast
+    last = int(runs.latest_checkpoint(run_dir).name.split("-")[1])
+    cfg = config(tiny_model, chat_file, max_steps=last + 4, save_every=2, eval_every=0)
+    runs.write_atomic(run_dir / "config.yaml", cfg.to_yaml())
+    result = train.train(runs.load_config(run_dir), run_dir, resume=True)
+    assert result["state"] == "finished"
+    steps = [r["step"] for r in losses(run_dir)]
+    assert steps == list(range(1, cfg.max_steps + 1))
+
+
+def test_stop_command_stops_a_running_worker(tiny_model, chat_file, tmp_path):
+    cfg = config(tiny_model, chat_file, max_steps=2000, eval_every=0)
+    run_dir = runs.start(cfg, "stop me", root=tmp_path)
+    assert run_dir.name.startswith("stop-me-")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(losses(run_dir)) < 2:
+        time.sleep(0.2)
+    rc = subprocess.run([sys.executable, "-m", "core", "stop", str(run_dir)], cwd=runs.REPO_ROOT,
+                        capture_output=True, text=True).returncode
+    assert rc == 0
+    while time.time() < deadline and runs.read_status(run_dir)["state"] in runs.ACTIVE:
+        time.sleep(0.2)
+    status = runs.read_status(run_dir)
+    assert status["state"] == "stopped", (run_dir / "log.txt").read_text()
+    assert runs.latest_checkpoint(run_dir) is not None
+
+
+def test_lora_run_saves_an_adapter_that_peft_opens(tiny_model, chat_file, tmp_path):
+    cfg = config(tiny_model, chat_file, method="lora", lr=1e-2, lora={"r": 4, "alpha": 8})
+    result = train.train(cfg, tmp_path / "run")
+    assert result["state"] == "finished"
+    final = tmp_path / "run" / "final"
+    assert (final / "adapter_config.json").is_file()
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"]
+    from core import models
+
+    model, tok = models.load_model(str(final))
+    total, trainable = models.count_parameters(model)
+    assert total > 0
+
+
+def test_gradient_checkpointing_trains(tiny_model, chat_file, tmp_path):
+    cfg = config(tiny_model, chat_file, gradient_checkpointing=True, max_steps=2, method="lora")
+    assert train.train(cfg, tmp_path / "run")["state"] == "finished"
+
+
+def test_non_finite_loss_fails_with_an_explanation(tiny_model, chat_file, tmp_path, monkeypatch):
+    import torch
+
+    real = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    result = train.train(config(tiny_model, chat_file), tmp_path / "run")
+    assert result["state"] == "failed"
+    assert "diverged" in result["error"] and "learning rate" in result["error"]
+    assert runs.read_status(tmp_path / "run")["state"] == "failed"
+
+
+def test_a_plugin_raising_in_a_hook_does_not_stop_training(tiny_model, chat_file, tmp_path):
+    class Broken:
+        @hookimpl
+        def on_log(self, run, metrics):
+            raise RuntimeError("boom")
+
+    reg = Registry(load_external=False, extra_plugins=[(Broken(), "broken")])
+    result = train.train(config(tiny_model, chat_file, max_steps=3), tmp_path / "run", registry=reg)
+    assert result["state"] == "finished"
+    errors = runs.read_status(tmp_path / "run")["plugin_errors"]
+    assert "broken" in errors[0] and "boom" in errors[0]
+
+
+def test_bad_config_is_refused_before_any_model_loads(tmp_path, chat_file):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"model: nowhere/at-all\ndata:\n  path: {chat_file}\nlearning_rate: 0.1\n")
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "core", "train", str(path)], cwd=runs.REPO_ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "learning_rate" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.time() - started < 20
+    with pytest.raises(UserError, match="batch_size"):
+        RunConfig.from_dict({"batch_size": 0})
+
+
+def test_run_ids_are_safe_folder_names():
+    assert runs.safe_run_id("../../etc/passwd ☃ My Run!").startswith("etc-passwd-my-run-")
+    assert runs.safe_run_id("").startswith("run-")

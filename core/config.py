@@ -8,6 +8,7 @@ keys and bad values are refused with a clear error *before* any model loads.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,12 @@ CONFIG_DOCS: dict[str, tuple[str, object]] = {
     "gradient_checkpointing": ("Recompute activations in the backward pass: much less memory, ~30% slower.", None),
     "train_on_prompt": ("Also train on the user's tokens (normally only the assistant's reply is learned).", None),
 }
+
+# Names a transformers/TRL user may type, and the key TuneLab uses for them (for the error's hint).
+ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+           "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+           "lr_scheduler_type": "scheduler", "max_seq_length": "max_length", "warmup": "warmup_ratio",
+           "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout"}
 
 
 @dataclass
@@ -96,9 +103,10 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict | None, where: str = "config") -> "RunConfig":
         """Build and validate; unknown keys and bad values raise ``UserError``."""
-        raw = dict(raw or {})
+        if raw is None:
+            raw = {}
         if not isinstance(raw, dict):
-            raise UserError(f"{where}: expected a mapping of keys to values")
+            raise UserError(f"{where}: expected a mapping of keys to values, got {type(raw).__name__}")
         cfg = cls()
         for key, value in _flatten(raw).items():
             cfg.set(key, value, where)
@@ -115,8 +123,13 @@ class RunConfig:
 
     def set(self, key: str, value, where: str = "config") -> None:
         """Set a dotted key (``lora.r``), converting ``value`` to the field's type."""
+        if key in ("data", "lora"):
+            keys = ", ".join(k for k in CONFIG_DOCS if k.startswith(key + "."))
+            raise UserError(f"{where}: '{key}' must be a section of keys ({keys}), got {value!r}")
         if key not in CONFIG_DOCS:
             close = [k for k in CONFIG_DOCS if k.split(".")[-1] == key.split(".")[-1]]
+            close = close or [ALIASES[key]] if key in ALIASES else close
+            close = close or difflib.get_close_matches(key, list(CONFIG_DOCS), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(CONFIG_DOCS)}"
             raise UserError(f"{where}: unknown key '{key}'{hint}")
         target, name = self, key
@@ -175,9 +188,9 @@ def _convert(key: str, value, current, where: str):
             value = yaml.safe_load(value)  # "1e-4" -> float, "true" -> bool, "[a, b]" -> list
         except yaml.YAMLError:
             pass
-        if isinstance(current, float) and isinstance(value, str):
+        if isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, str):
             try:
-                value = float(value)
+                value = float(value)  # YAML 1.1 reads "1e-4" as a string
             except ValueError:
                 pass
     kind = type(current)
@@ -193,11 +206,15 @@ def _convert(key: str, value, current, where: str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif kind is list:
+        if value is None:
+            return []
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
     elif kind is dict:
+        if value is None:
+            return {}
         if isinstance(value, dict):
             return value
     elif kind is str:
@@ -205,7 +222,9 @@ def _convert(key: str, value, current, where: str):
             return ""
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise UserError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
+    expected = {"bool": "true or false", "int": "a whole number", "float": "a number",
+                "list": "a list of names (a, b or [a, b])", "dict": "a mapping", "str": "text"}[kind.__name__]
+    raise UserError(f"{where}: {key} must be {expected}, got {value!r}")
 
 
 def load_config(path, overrides=()) -> RunConfig:

@@ -43,6 +43,12 @@ def detect_format(path, registry=None) -> str:
     registry = registry or get_registry()
     path = _check_path(path)
     head = path.open("rb").read(SNIFF_BYTES).decode("utf-8", errors="replace")
+    if path.stat().st_size <= SNIFF_BYTES:
+        bare = head.lstrip("\ufeff").strip()
+        if not bare:
+            raise UserError(f"{path.name}: the file holds only whitespace; add at least one example")
+        if bare.replace(" ", "").replace("\n", "").replace("\r", "").replace("\t", "") == "[]":
+            raise UserError(f"{path.name}: the JSON array is empty; add at least one example")
     for name, fmt in registry.items("data_formats").items():
         try:
             if fmt.sniff(str(path), head):
@@ -66,7 +72,10 @@ def load_records(path, format: str | None = None, params: dict | None = None, re
     path = _check_path(path)
     format = format or detect_format(path, registry)
     fmt = registry.get("data_formats", format)
-    params = resolve_params(fmt.params, params)
+    try:
+        params = resolve_params(fmt.params, params)
+    except UserError as exc:
+        raise UserError(f"{path.name}: format '{format}': {exc}") from None
     try:
         dataset = fmt.load(str(path), **params)
     except UserError:

@@ -65,7 +65,9 @@ def evaluate_model(model, tokenizer, samples: list[dict], evaluators=None, sampl
     """
     registry = registry or get_registry()
     names = list(evaluators) if evaluators is not None else list(registry.items("evaluators"))
-    plugins = {name: registry.get("evaluators", name) for name in names}  # unknown name: UserError, up front
+    # A user's mistake (unknown name, bad param) stops here, before minutes of generation.
+    plugins = {name: registry.get("evaluators", name) for name in names}
+    settings = {name: resolve_params(p.params, (evaluator_params or {}).get(name)) for name, p in plugins.items()}
     answered = []
     for i, sample in enumerate(samples):
         answer = generate(model, tokenizer, sample["prompt"], sampler, params, max_new_tokens, seed=seed,
@@ -78,11 +80,15 @@ def evaluate_model(model, tokenizer, samples: list[dict], evaluators=None, sampl
     metrics, per_sample = {}, {}
     for name, plugin in plugins.items():
         try:
-            values = resolve_params(plugin.params, (evaluator_params or {}).get(name))
-            result = dict(plugin.evaluate(answered, context, **values))
-            per_sample[name] = list(result.pop("per_sample", [None] * len(answered)))
+            result = dict(plugin.evaluate(answered, context, **settings[name]))
+            scores = list(result.pop("per_sample", [None] * len(answered)))
+            if len(scores) != len(answered):
+                raise ValueError(f"returned {len(scores)} per-sample scores for {len(answered)} samples")
+            per_sample[name] = scores
             metrics[name] = {k: float(v) for k, v in result.items()}
         except Exception as exc:  # noqa: BLE001 - one broken evaluator must not lose the others' results
+            if registry.strict:  # TUNELAB_STRICT_PLUGINS=1: plugin authors want the traceback
+                raise
             metrics[name] = {"error": f"{type(exc).__name__}: {exc}"}
     return {
         "metrics": metrics,
@@ -99,7 +105,8 @@ def evaluate_model(model, tokenizer, samples: list[dict], evaluators=None, sampl
 def compare(base, tuned, samples: list[dict], progress=None, **kwargs) -> dict:
     """Evaluate ``base`` and ``tuned`` (each a ``(model, tokenizer)`` pair) on the same prompts and settings.
 
-    Returns ``{"base": report, "tuned": report, "delta": {evaluator: {metric: tuned - base}}}``;
+    Returns ``{"metrics": {evaluator: {"base": {...}, "tuned": {...}, "delta": {metric: tuned - base}}},
+    "base": report, "tuned": report}`` (reports as from :func:`evaluate_model`).
     ``progress(i, 2n)`` counts both models' answers. Other arguments go to :func:`evaluate_model`.
     """
     n = len(samples)
@@ -107,11 +114,39 @@ def compare(base, tuned, samples: list[dict], progress=None, **kwargs) -> dict:
     for offset, (label, (model, tokenizer)) in enumerate([("base", base), ("tuned", tuned)]):
         step = (lambda i, _n, o=offset * n: progress(o + i, 2 * n)) if progress else None
         reports[label] = evaluate_model(model, tokenizer, samples, progress=step, **kwargs)
-    delta = {}
+    metrics = {}
     for name, after in reports["tuned"]["metrics"].items():
         before = reports["base"]["metrics"].get(name, {})
-        delta[name] = {k: v - before[k] for k, v in after.items() if k != "error" and k in before}
-    return {**reports, "delta": delta}
+        delta = {k: v - before[k] for k, v in after.items() if k != "error" and k in before}
+        metrics[name] = {"base": before, "tuned": after, "delta": delta}
+    return {"metrics": metrics, **reports}
+
+
+def evaluate_run(run_dir, data_path=None, evaluators=None, sampler: str = "greedy", params: dict | None = None,
+                 limit: int | None = None, max_new_tokens: int = 200, format: str | None = None,
+                 progress=None, registry=None) -> dict:
+    """Compare a run's base model with its fine-tuned ``final/`` and save ``eval/report.json``.
+
+    ``data_path`` defaults to the run's training file: pass a held-out file for an
+    honest score (a model is always better on what it trained on). The CLI's ``eval``.
+    """
+    from . import models, runs
+
+    run_dir = Path(run_dir)
+    cfg = runs.load_config(run_dir)
+    if not (run_dir / "final").is_dir():
+        raise UserError(f"{run_dir} has no final/ model yet: evaluate after training finishes "
+                        f"(or resume it: python -m core resume {run_dir})")
+    same_file = data_path is None or Path(data_path) == Path(cfg.data.path)
+    data_path = data_path or cfg.data.path
+    samples = load_samples(data_path, format or (cfg.data.format if same_file else None) or None, limit,
+                           params=cfg.data.params if same_file else None, registry=registry)
+    base, tuned = models.load_model(cfg.model), models.load_model(str(run_dir / "final"))
+    report = compare(base, tuned, samples, progress=progress, evaluators=evaluators, sampler=sampler,
+                     params=params, max_new_tokens=max_new_tokens, max_length=cfg.max_length, registry=registry)
+    report["data"] = {"path": str(data_path), "training_file": same_file, "samples": len(samples)}
+    save_report(run_dir, report)
+    return report
 
 
 def save_report(run_dir, report: dict) -> Path:

@@ -84,16 +84,16 @@ def sampler_settings(sampler: str = "greedy", params: dict | None = None, regist
 
 
 def generate_arguments(model, tokenizer, prompt, sampler: str = "greedy", params: dict | None = None,
-                      max_new_tokens: int = 200, system: str | None = None, registry=None) -> dict:
+                       max_new_tokens: int = 200, system: str | None = None, registry=None) -> dict:
     """Everything :func:`generate` passes to ``model.generate`` (inputs included), for tests and the curious."""
     from transformers import LogitsProcessorList
 
     kwargs, extra = sampler_settings(sampler, params, registry)
     input_ids = build_prompt(tokenizer, prompt, system).to(_device(model))
     stops = stop_token_ids(tokenizer)
-    # pad: when the tokenizer has none, reuse EOS (it is one in most chat tokenizers: pad = eos).
-    # The explicit all-ones attention mask matters then: left to infer it, generate() would treat
-    # every EOS/pad id inside the prompt (each earlier <|im_end|>) as padding and ignore it.
+    # pad: when the tokenizer has none, reuse EOS (most chat tokenizers already do: pad = eos).
+    # The all-ones attention mask is passed so generate() never guesses it from pad ids: a guess
+    # would hide every pad = EOS id inside the prompt (each earlier <|im_end|>) from the model.
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else None)
     return {**kwargs, "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
             "max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad,

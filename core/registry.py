@@ -19,6 +19,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -86,11 +87,22 @@ def validate_params(specs, where: str) -> None:
             raise ValueError(f"{at}: 'name' must be a Python identifier, got {spec.get('name')!r}")
         if spec.get("type") not in PARAM_TYPES:
             raise ValueError(f"{at} ({spec['name']}): 'type' must be one of {', '.join(PARAM_TYPES)}, got {spec.get('type')!r}")
-        if spec["type"] == "choice" and not spec.get("choices"):
+        if spec["type"] == "choice" and (not isinstance(spec.get("choices"), (list, tuple)) or not spec["choices"]):
             raise ValueError(f"{at} ({spec['name']}): a 'choice' param needs a non-empty 'choices' list")
+        for bound in ("min", "max"):
+            value = spec.get(bound)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{at} ({spec['name']}): '{bound}' must be a number, got {value!r}")
+        if spec.get("min") is not None and spec.get("max") is not None and spec["min"] > spec["max"]:
+            raise ValueError(f"{at} ({spec['name']}): 'min' {spec['min']} is greater than 'max' {spec['max']}")
+        if not isinstance(spec.get("help", ""), str):
+            raise ValueError(f"{at} ({spec['name']}): 'help' must be a string")
         if "default" not in spec:
             raise ValueError(f"{at} ({spec['name']}): 'default' is missing")
-        coerce_param(spec, spec["default"])  # the default itself must be valid
+        try:
+            coerce_param(spec, spec["default"])  # the default itself must be valid
+        except UserError as exc:
+            raise ValueError(f"{at} ({spec['name']}): invalid 'default': {exc}") from None
 
 
 def coerce_param(spec: dict, value):
@@ -104,21 +116,32 @@ def coerce_param(spec: dict, value):
                 value = value.lower() in ("true", "1", "yes")
             value = bool(value)
         elif kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, str):
+                value = float(value.strip()) if any(c in value for c in ".eE") else int(value.strip())
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             value = int(value)
         elif kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
             value = float(value)
+            if not math.isfinite(value):
+                raise ValueError
         else:
-            value = str(value)
+            value = "" if value is None else str(value)
     except (TypeError, ValueError):
         raise UserError(f"parameter '{name}' must be {kind}, got {value!r}") from None
     if kind in ("int", "float"):
         lo, hi = spec.get("min"), spec.get("max")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise UserError(f"parameter '{name}' = {value} is out of range [{lo}, {hi}]")
-    if kind == "choice" and value not in [str(c) for c in spec["choices"]]:
-        raise UserError(f"parameter '{name}' must be one of {', '.join(map(str, spec['choices']))}, got {value!r}")
+    if kind == "choice":
+        by_text = {str(c): c for c in spec["choices"]}
+        if value not in by_text:
+            raise UserError(f"parameter '{name}' must be one of {', '.join(by_text)}, got {value!r}")
+        value = by_text[value]  # the choice itself, keeping its type (choices may be numbers)
     return value
 
 
@@ -208,30 +231,50 @@ class Registry:
     def _skip(self, name: str, source: str, version) -> bool:
         why = self._wanted(name, source)
         if why:
+            if name in {m.split(".")[-1] for m in BUILTIN_MODULES}:
+                name = f"{name} ({source})"  # the built-in's entry must survive
             self.plugins[name] = PluginInfo(name, version, source, status="disabled", error=why)
         return bool(why)
 
-    def _fail(self, info: PluginInfo, exc: BaseException) -> None:
-        info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+    def _fail(self, info: PluginInfo, exc: BaseException, where: str = "") -> None:
+        error = f"{where}{type(exc).__name__}: {exc}"
+        info.status = "failed"
+        info.error = error if not info.error else f"{info.error}; {error}"
         if self.strict:
             raise exc
 
     def _add(self, name: str, load, source: str, version) -> None:
         """Import the plugin (``load()`` returns the module or object) and register it."""
         info = PluginInfo(name, version, source)
-        if name in self.plugins and self.plugins[name].status != "disabled":
-            info.clashes.append(f"plugin name '{name}' already used by a {self.plugins[name].source} plugin")
-            name = f"{name} ({source})"
-            info.name = name
+        builtin_names = {m.split(".")[-1] for m in BUILTIN_MODULES}
+        taken = name in self.plugins and self.plugins[name].status != "disabled"
+        if source != "builtin" and name in builtin_names:
+            taken, owner = True, "builtin"  # built-ins keep their names whatever loads first
+        elif taken:
+            owner = self.plugins[name].source
+        if taken:
+            info.clashes.append(f"plugin name '{name}' already used by a {owner} plugin; "
+                                f"listed as '{name} ({source})', rename it to avoid confusion")
+            name = info.name = f"{name} ({source})"
         self.plugins[name] = info
         try:
             obj = load()
+            info.version = info.version or getattr(obj, "__version__", None)
             self.pm.register(obj, name=name)
             info.module = getattr(obj, "__name__", None)
-            info.hooks = sorted(h.name for h in self.pm.get_hookcallers(obj) or [])
+            callers = self.pm.get_hookcallers(obj) or []
+            unknown = sorted(h.name for h in callers if h.spec is None and any(
+                i.plugin is obj and not i.optionalhook for i in h.get_hookimpls()))
+            if unknown:
+                known = ", ".join(n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "tunelab_spec"))
+                raise ValueError(f"implements {', '.join(unknown)}, which {'is not a' if len(unknown) == 1 else 'are not'} "
+                                 f"TuneLab hook{'s' if len(unknown) > 1 else ''}; check the spelling (hooks: {known})")
+            info.hooks = sorted(h.name for h in callers)
         except BaseException as exc:  # noqa: BLE001 - a broken plugin must not break the app
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
+            if self.pm.get_plugin(name) is not None:  # pluggy may have registered part of it
+                self.pm.unregister(name=name)
             self._fail(info, exc)
 
     def _impls(self, hook_name: str):
@@ -250,7 +293,7 @@ class Registry:
             try:
                 impl.function(register=register)
             except Exception as exc:  # noqa: BLE001
-                self._fail(info, exc)
+                self._fail(info, exc, where=f"in register_{kind}: ")
                 continue
             for obj in found:
                 owner = self._owner[kind].get(obj.name)

@@ -223,3 +223,19 @@ def list_runs(root=None) -> list[dict]:
         status["run_dir"] = str(run_dir.parent)
         out.append(status)
     return out
+
+
+def progress(run_dir) -> dict:
+    """Status plus what a progress bar needs: fraction done, steps/s and the estimated time left."""
+    status = read_status(run_dir)
+    rows = [r for r in read_metrics(run_dir) if "loss" in r]
+    total, step = status.get("total_steps") or 0, rows[-1]["step"] if rows else 0
+    fraction = step / total if total else 0.0
+    eta = None
+    if len(rows) >= 2 and total:
+        # time per step from the recent rows, not since the start (which includes model loading)
+        recent = rows[-20:]
+        per_step = (recent[-1]["elapsed_s"] - recent[0]["elapsed_s"]) / max(1, recent[-1]["step"] - recent[0]["step"])
+        eta = max(0.0, per_step * (total - step))
+    return {**status, "step": step, "fraction": min(1.0, fraction), "eta_s": eta,
+            "last_loss": rows[-1]["loss"] if rows else None}

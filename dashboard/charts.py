@@ -59,8 +59,13 @@ def memory_bar(parts: dict, available: float | None = None, verdict: str | None 
     if available:
         fig.add_vline(x=available / GIB, line=dict(color=VERDICT_COLOURS.get(verdict, "#111"), width=3),
                       annotation_text=f"this machine: {available / GIB:.1f} GiB", annotation_position="top")
-    total = sum((parts.get(p) or 0) for p in MEMORY_PARTS) / GIB
-    title = f"{total:.2f} GiB estimated" + (f" — {verdict}" if verdict else "")
+    total = (parts.get("total") or sum((parts.get(p) or 0) for p in MEMORY_PARTS)) / GIB
+    if parts.get("total"):
+        # The parts are never all alive at once (backward frees activations as gradients appear),
+        # so the peak is below their sum: mark it.
+        fig.add_vline(x=total, line=dict(color="#111", width=2, dash="dot"),
+                      annotation_text=f"peak ≈ {total:.2f} GiB", annotation_position="bottom")
+    title = f"peak ≈ {total:.2f} GiB" + (f" — {verdict}" if verdict else "")
     return _layout(fig, title, height=230, barmode="stack", xaxis_title="GiB",
                    legend=dict(orientation="h", y=-0.45))
 
@@ -73,6 +78,11 @@ def memory_comparison(setups: dict[str, dict], available: float | None = None) -
         fig.add_trace(go.Bar(x=labels, y=[(setups[s].get(part) or 0) / GIB for s in labels],
                              name=MEMORY_LABELS[part], marker_color=MEMORY_COLOURS[part],
                              hovertemplate="%{x}: %{y:.2f} GiB<extra>" + MEMORY_LABELS[part] + "</extra>"))
+    peaks = [setups[s].get("total") for s in labels]
+    if all(peaks):
+        fig.add_trace(go.Scatter(x=labels, y=[p / GIB for p in peaks], mode="markers", name="peak (estimated)",
+                                 marker=dict(symbol="line-ew-open", size=36, color="#111", line=dict(width=3)),
+                                 hovertemplate="%{x}: peak %{y:.2f} GiB<extra></extra>"))
     if available:
         fig.add_hline(y=available / GIB, line=dict(color="#111", width=2, dash="dot"),
                       annotation_text=f"this machine: {available / GIB:.1f} GiB")

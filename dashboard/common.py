@@ -78,7 +78,7 @@ def load_model(name: str = EMBEDDED):
     return _load(name)
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner="Loading the tokenizer…")
 def load_tokenizer(name: str = EMBEDDED):
     from core.models import load_tokenizer as _load
 
@@ -262,9 +262,9 @@ def masked_tokens_html(pieces: list[str], labels: list[int]) -> str:
             style = "background:#eeeeee;color:#9a9a9a;text-decoration:line-through"
         else:
             style = "background:#bbf7d0;color:#14532d;font-weight:600"
-        spans.append(f'<span style="{style};margin:1px;padding:1px 3px;border-radius:4px;'
+        spans.append(f'<span style="{style};display:inline-block;margin:1px;padding:1px 3px;border-radius:4px;'
                      f'font-family:monospace;font-size:0.85rem">{_visible(piece)}</span>')
-    return f'<div style="line-height:2">{"".join(spans)}</div>'
+    return f'<div style="display:flex;flex-wrap:wrap;line-height:1.8">{"".join(spans)}</div>'
 
 
 def decode_pieces(tokenizer, ids: list[int]) -> list[str]:

@@ -27,18 +27,18 @@ model_name = common.current_model_name()
 # -- this set-up -------------------------------------------------------------------------------
 st.header("Your set-up")
 with st.container(border=True):
-    c = st.columns(5)
+    c = st.columns(3) + st.columns(3)
     method = c[0].segmented_control("method", ["full", "lora"], default=cfg.get("method", "full"), key="mem.method") \
         or "full"
     precision = c[1].segmented_control("precision", ["fp32", "bf16", "fp16"],
                                        default=memory_view.resolved_precision(cfg.get("precision", "auto")),
                                        key="mem.precision") or "fp32"
-    batch_size = c[2].select_slider("batch_size", [1, 2, 4, 8, 16, 32, 64], value=cfg.get("batch_size", 4)
+    batch_size = c[3].select_slider("batch_size", [1, 2, 4, 8, 16, 32, 64], value=cfg.get("batch_size", 4)
                                     if cfg.get("batch_size", 4) in (1, 2, 4, 8, 16, 32, 64) else 4, key="mem.batch_size")
-    max_length = c[3].select_slider("max_length", [64, 128, 256, 512, 1024, 2048, 4096],
+    max_length = c[4].select_slider("max_length", [64, 128, 256, 512, 1024, 2048, 4096],
                                     value=cfg.get("max_length", 256) if cfg.get("max_length", 256) in
                                     (64, 128, 256, 512, 1024, 2048, 4096) else 256, key="mem.max_length")
-    checkpointing = c[4].toggle("gradient_checkpointing", value=bool(cfg.get("gradient_checkpointing")),
+    checkpointing = c[2].toggle("gradient_checkpointing", value=bool(cfg.get("gradient_checkpointing")),
                                 key="mem.checkpointing")
     lora_r = (cfg.get("lora") or {}).get("r", 16)
     st.caption(f"Model: `{model_name}` (change it on lesson 1).")
@@ -102,9 +102,11 @@ else:
                                                              max_length=s["max_length"],
                                                              gradient_checkpointing=s["gradient_checkpointing"],
                                                              lora_r=s["lora_r"])
-        speeds = [m.get("tokens_per_s") for m in measured.values() if isinstance(m, dict) and m.get("tokens_per_s")]
-        if speeds:
-            st.session_state[common.TOKENS_PER_S] = speeds[0]
+        basic_step = measured.get("basic") or {}
+        if basic_step.get("step_seconds"):
+            # The basic set-up's speed stands in for the run's, so lesson 3 can estimate time.
+            st.session_state[common.TOKENS_PER_S] = (basic_step["batch_size"] * basic_step["max_length"]
+                                                     / basic_step["step_seconds"])
 
 results_path = common.REPO / "docs" / "results.json"
 results = None
@@ -127,9 +129,9 @@ for label in ("basic", optimised_label):
     m = measured.get(label) or {}
     row = {"set-up": label,
            "estimated memory": common.human_bytes(estimates.get(label, {}).get("total")) if estimates else "—",
-           "measured peak memory": common.human_bytes(m.get("peak_bytes") or m.get("peak")) if m else "not measured",
-           "time per step": f"{m['seconds']:.2f} s" if m.get("seconds") is not None else
-           (f"{m['step_seconds']:.2f} s" if m.get("step_seconds") is not None else "not measured")}
+           "measured peak memory": common.human_bytes(m.get("peak_bytes")) if m else "not measured",
+           "time per step": f"{m['step_seconds']:.2f} s" if m.get("step_seconds") is not None else "not measured",
+           "measured on": m.get("device", "—")}
     if results is not None:
         q = quality_of(label)
         row["quality"] = q if q is not None else "—"
@@ -147,11 +149,15 @@ st.header("When it does not fit: the out-of-memory ladder")
 oom_advice = getattr(memory, "oom_advice", None)
 if oom_advice is None:
     common.missing("core.memory.oom_advice", "what to change, in order, when training runs out of memory")
-else:
-    advice = memory_view.call_supported(oom_advice, **({"estimate": est} if est else {}))
-    if isinstance(advice, str):
-        st.markdown(advice)
+elif est:
+    available, where = memory_view.machine_available()
+    advice = oom_advice(est, available)
+    if advice:
+        st.markdown(f"Your set-up is too big for this machine's {where}. Change, in this order:")
     else:
-        st.markdown("\n".join(f"{i}. {step if isinstance(step, str) else step.get('text', step)}"
-                              for i, step in enumerate(advice, 1)))
-    st.caption("Climb one rung at a time, cheapest first: each rung costs a little speed or capacity.")
+        st.success("Your set-up fits here: nothing to change.", icon=":material/check_circle:")
+        st.markdown("Were it to meet a machine with only half the memory it needs, the ladder would be:")
+        advice = oom_advice(est, est["total"] // 2)
+    st.markdown("\n".join(f"{i}. {step}" for i, step in enumerate(advice, 1)))
+    st.caption("Climb one rung at a time, cheapest first: each rung costs a little speed or capacity. "
+               "Each saving is re-estimated for this set-up.")

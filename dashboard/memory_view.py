@@ -23,8 +23,9 @@ def call_supported(fn, *args, **kwargs):
 
 
 def resolved_precision(precision: str) -> str:
-    resolve = common.engine_function("train", "resolve_precision")
-    return resolve(precision) if resolve and precision == "auto" else (precision if precision != "auto" else "fp32")
+    """'auto' as this machine resolves it (core.memory.resolve_precision)."""
+    resolve = common.engine_function("memory", "resolve_precision") or common.engine_function("train", "resolve_precision")
+    return resolve(precision) if resolve else (precision if precision != "auto" else "fp32")
 
 
 def settings_from_config(config) -> dict:
@@ -49,9 +50,9 @@ def machine_available() -> tuple[float | None, str]:
     """(bytes available for training, where): the GPU's memory when there is one, else free RAM."""
     memory = common.engine("memory")
     info = memory.machine_memory()
-    if info.get("cuda_total"):
-        return info["cuda_total"], "GPU memory"
-    return info.get("available") or info.get("total"), "free RAM"
+    if info.get("cuda"):
+        return info.get("gpu_total"), f"GPU memory ({info.get('gpu_name', 'GPU')})"
+    return info.get("ram_available") or info.get("ram_total"), "free RAM"
 
 
 def estimate_section(config, key: str) -> dict | None:
@@ -73,7 +74,7 @@ def estimate_section(config, key: str) -> dict | None:
     verdict = memory.verdict(est["total"], available) if available else None
     st.plotly_chart(charts.memory_bar(est, available, verdict), width="stretch", key=f"{key}.memory_chart")
     show, icon = VERDICT_STYLE.get(verdict, (st.error, ":material/dangerous:"))
-    show(f"**{verdict or 'unknown'}**: about {common.human_bytes(est['total'])} needed, "
+    show(f"**{verdict or 'unknown'}**: about {common.human_bytes(est['total'])} at the peak, "
          f"{common.human_bytes(available)} of {where} here ({settings['precision']}).", icon=icon)
     time_estimate(config, est)
     return est

@@ -139,7 +139,7 @@ if not report.get("ok", not report.get("errors")):
 lengths = report.get("token_lengths") or {}
 m = st.columns(5)
 m[0].metric("Records", f"{report['records']:,}")
-m[1].metric("Kinds", ", ".join(f"{v} {k}" for k, v in (report.get("kinds") or {}).items()) or "?")
+m[1].metric("Kind", " + ".join(report.get("kinds") or {}) or "?", help="messages = conversations (chat); text = raw text (continued pre-training).")
 m[2].metric("Empty", len(report.get("empty") or []), help="Records with an empty message or text.")
 m[3].metric("Duplicates", len(report.get("duplicates") or []), help="Exact repeats of an earlier record.")
 m[4].metric(f"Over {max_length} tokens", report.get("over_max_length", 0),

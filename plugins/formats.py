@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pluggy
@@ -60,8 +61,12 @@ def read_json_rows(path) -> list[tuple[int, object]]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{name}, line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg}); "
-                             "check for a missing comma, quote or bracket there") from None
+            row = _array_row_at(text, exc.pos)
+            raise RowErrors(path, [{"row": row, "field": None,
+                                    "message": f"invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); "
+                                               "check for a missing comma, quote or bracket there"}]) from None
+        if not isinstance(data, list):
+            raise ValueError(f"{name}: expected a JSON array of records, got {type(data).__name__}")
         return [(i + 1, item) for i, item in enumerate(data)]
     rows, errors = [], []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -79,10 +84,29 @@ def read_json_rows(path) -> list[tuple[int, object]]:
     return rows
 
 
+def _array_row_at(text: str, error_pos: int) -> int:
+    """The 1-based record of a JSON array in which a syntax error at ``error_pos`` lies."""
+    decoder = json.JSONDecoder()
+    pos, row = text.index("[") + 1, 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        try:
+            _, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return row
+        if end > error_pos:
+            return row
+        pos = end
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        if pos >= len(text) or text[pos] != ",":
+            return row + 1 if pos < len(text) else row  # a missing comma: the error is at the next record
+        pos, row = pos + 1, row + 1
+
+
 def convert_rows(path, rows, convert):
     """Apply ``convert(item) -> record`` to every row, collecting ``(field, message)`` errors."""
-    from datasets import Dataset
-
     records, errors = [], []
     for row, item in rows:
         try:
@@ -95,6 +119,8 @@ def convert_rows(path, rows, convert):
                 break
     if errors:
         raise RowErrors(path, errors)
+    from datasets import Dataset  # imported only for good files: a bad file's error comes back fast
+
     return Dataset.from_list(records)
 
 
@@ -119,16 +145,22 @@ def check_messages(messages, field="messages"):
     """Validate a canonical conversation: known roles, string contents, at least one assistant turn."""
     if not isinstance(messages, list) or not messages:
         raise FieldError(field, f"'{field}' must be a non-empty list of turns")
+    out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise FieldError(f"{field}[{i}]", "each turn must be an object with 'role' and 'content'")
         if m.get("role") not in ROLES:
             raise FieldError(f"{field}[{i}].role", f"unknown role {m.get('role')!r}; use system, user or assistant")
-        if not isinstance(m.get("content"), str):
-            raise FieldError(f"{field}[{i}].content", "'content' must be a string")
-    if not any(m["role"] == "assistant" for m in messages):
+        content = m.get("content")
+        if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in content):
+            content = "".join(p["text"] for p in content)  # OpenAI content parts: [{"type": "text", "text"}]
+        if not isinstance(content, str):
+            raise FieldError(f"{field}[{i}].content",
+                             f"'content' must be a string, got {type(content).__name__}")
+        out.append({"role": m["role"], "content": content})
+    if not any(m["role"] == "assistant" for m in out):
         raise FieldError(field, "no assistant turn: there is nothing for the model to learn from this record")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return out
 
 
 def looks_like_json(head: str, *keys: str) -> bool:
@@ -194,14 +226,15 @@ def messages_record(item):
 
 # -- csv ---------------------------------------------------------------------
 def load_csv(path, prompt_column="prompt", response_column="response", system_column=""):
-    from datasets import Dataset
-
     text = read_text(path)
     name = Path(path).name
-    try:
-        dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|")
-    except csv.Error:
-        dialect = csv.excel_tab if str(path).endswith(".tsv") else csv.excel
+    if str(path).lower().endswith(".tsv"):
+        dialect = csv.excel_tab
+    else:
+        try:
+            dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|")
+        except csv.Error:
+            dialect = csv.excel
     reader = csv.DictReader(io.StringIO(text), dialect=dialect)
     columns = reader.fieldnames or []
     needed = [c for c in (prompt_column, response_column, system_column) if c]
@@ -226,19 +259,22 @@ def load_csv(path, prompt_column="prompt", response_column="response", system_co
         raise RowErrors(path, errors[:MAX_REPORTED])
     if not records:
         raise ValueError(f"{name}: the CSV has a header but no rows; add at least one example")
+    from datasets import Dataset
+
     return Dataset.from_list(records)
 
 
 # -- text --------------------------------------------------------------------
 def load_text(path, split="paragraph"):
-    from datasets import Dataset
-
     if str(path).endswith((".jsonl", ".json")):
         return convert_rows(path, read_json_rows(path), lambda item: {"text": get_str(item, "text")})
-    text = read_text(path)
+    text = read_text(path).replace("\r\n", "\n").replace("\r", "\n")
     # paragraphs are separated by blank lines; a file without blank lines is one paragraph a line
-    chunks = text.split("\n\n") if split == "paragraph" and "\n\n" in text else text.splitlines()
+    paragraphs = re.split(r"\n[ \t]*\n", text)
+    chunks = paragraphs if split == "paragraph" and len(paragraphs) > 1 else text.splitlines()
     records = [{"text": c.strip()} for c in chunks if c.strip()]
+    from datasets import Dataset
+
     return Dataset.from_list(records)
 
 

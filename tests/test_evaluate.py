@@ -149,10 +149,13 @@ def test_evaluate_model_scores_answers_and_survives_a_broken_evaluator(tiny):
     assert report["settings"]["sampler"] == "greedy"
 
 
-def test_unknown_evaluator_is_a_user_error(tiny, registry):
+def test_unknown_evaluator_or_bad_param_is_a_user_error(tiny, registry):
     model, tokenizer = tiny
     with pytest.raises(UserError, match="unknown evaluator 'bleu'"):
         ev.evaluate_model(model, tokenizer, [sample(None, "x")], evaluators=["bleu"], registry=registry)
+    with pytest.raises(UserError, match="max_keywords"):
+        ev.evaluate_model(model, tokenizer, [sample(None, "x")], evaluators=["keyword_coverage"],
+                          evaluator_params={"keyword_coverage": {"max_keywords": 0}}, registry=registry)
 
 
 def test_compare_and_report_round_trip(tiny, registry, tmp_path):
@@ -163,7 +166,8 @@ def test_compare_and_report_round_trip(tiny, registry, tmp_path):
                         max_new_tokens=3, progress=lambda i, n: calls.append((i, n)), registry=registry)
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert [s["answer"] for s in result["base"]["samples"]] == [s["answer"] for s in result["tuned"]["samples"]]
-    assert result["delta"]["rouge_l"] == {"rouge_l": 0.0}
+    assert result["metrics"]["rouge_l"]["delta"] == {"rouge_l": 0.0}
+    assert result["metrics"]["rouge_l"]["base"] == result["base"]["metrics"]["rouge_l"]
 
     path = ev.save_report(tmp_path / "run", result)
     assert path == tmp_path / "run" / "eval" / "report.json"
@@ -194,3 +198,24 @@ def test_load_samples_refuses_raw_text(tmp_path, registry):
     path.write_text("Just some prose.\n\nAnother paragraph.")
     with pytest.raises(UserError, match="assistant answer"):
         ev.load_samples(path, registry=registry)
+
+
+def test_evaluate_run_compares_base_and_final_and_saves_the_report(tiny_model, tmp_path):
+    import shutil
+
+    from core import runs
+    from core.config import RunConfig
+
+    data = tmp_path / "held_out.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                       {"role": "assistant", "content": a}]})
+                              for q, a in [("Capital of France?", "Paris"), ("2+2?", "Four")]))
+    cfg = RunConfig.from_dict({"model": tiny_model, "data": {"path": str(data)}, "max_length": 64})
+    run_dir = runs.create_run(cfg, run_dir=tmp_path / "run")
+    with pytest.raises(UserError, match="no final/ model yet"):
+        ev.evaluate_run(run_dir)
+    shutil.copytree(tiny_model, run_dir / "final")
+    report = ev.evaluate_run(run_dir, evaluators=["exact_match", "perplexity"], max_new_tokens=3, limit=1)
+    assert report["data"] == {"path": str(data), "training_file": True, "samples": 1}
+    assert report["metrics"]["perplexity"]["delta"]["perplexity"] == pytest.approx(0.0)  # same weights
+    assert ev.load_report(run_dir)["metrics"]["exact_match"]["base"] == report["base"]["metrics"]["exact_match"]

@@ -1,0 +1,224 @@
+"""The dashboard's pages render without an exception, show their key controls, and draw the right charts.
+
+Pages run through the real entry point (st.navigation) with AppTest; the model is the tiny random
+one from conftest, so every page is fast and offline.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from dashboard import charts  # noqa: E402
+
+APP = str(REPO / "streamlit_app.py")
+TIMEOUT = 60
+
+
+def open_page(page: str, **state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page(f"dashboard/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def figures(at) -> list[dict]:
+    """Each st.plotly_chart's figure as plotly JSON."""
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def labels(widgets) -> list[str]:
+    return [w.label for w in widgets]
+
+
+# -- chart builders ----------------------------------------------------------------------------
+
+def test_token_length_histogram_marks_the_cut():
+    fig = charts.token_length_histogram([10, 20, 30, 400], max_length=256)
+    assert [t.type for t in fig.data] == ["histogram"]
+    assert list(fig.data[0].x) == [10, 20, 30, 400]
+    (line,) = fig.layout.shapes
+    assert line.x0 == line.x1 == 256
+    assert "1 cut" in fig.layout.annotations[0].text
+
+
+def test_lr_schedule_chart_has_one_line_and_warmup_band():
+    fig = charts.lr_schedule_chart([1e-5, 2e-5, 2e-5, 1e-5], warmup_steps=2)
+    assert [t.type for t in fig.data] == ["scatter"]
+    assert list(fig.data[0].x) == [1, 2, 3, 4]
+    assert fig.layout.shapes[0].type == "rect"
+
+
+def test_memory_bar_stacks_the_five_parts_against_the_machine():
+    gib = charts.GIB
+    parts = {"weights": 1 * gib, "gradients": 1 * gib, "optimizer": 2 * gib, "activations": gib, "logits": gib,
+             "total": 5 * gib}
+    fig = charts.memory_bar(parts, available=8 * gib, verdict="fits")
+    assert [t.name for t in fig.data] == [charts.MEMORY_LABELS[p] for p in charts.MEMORY_PARTS]
+    assert fig.layout.barmode == "stack"
+    assert sorted(s.x0 for s in fig.layout.shapes) == [5.0, 8.0]  # the peak and this machine
+    assert "fits" in fig.layout.title.text
+
+
+def test_memory_comparison_one_bar_per_setup():
+    gib = charts.GIB
+    fig = charts.memory_comparison({"basic": {"weights": 2 * gib, "total": 2 * gib},
+                                    "lora": {"weights": gib, "total": gib}}, available=4 * gib)
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert len(bars) == len(charts.MEMORY_PARTS)
+    assert list(bars[0].x) == ["basic", "lora"] and list(bars[0].y) == [2.0, 1.0]
+
+
+# -- shared widgets ------------------------------------------------------------------------------
+
+def test_param_form_builds_a_widget_per_spec():
+    def script():
+        import streamlit as st
+
+        from dashboard.common import param_form
+
+        specs = [{"name": "temperature", "type": "float", "default": 0.7, "min": 0.0, "max": 2.0, "help": "How random."},
+                 {"name": "top_k", "type": "int", "default": 50, "min": 1, "help": "Keep the k best."},
+                 {"name": "strict", "type": "bool", "default": True, "help": "Refuse bad rows."},
+                 {"name": "split", "type": "choice", "default": "line", "choices": ["paragraph", "line"], "help": "Cut."},
+                 {"name": "column", "type": "str", "default": "prompt", "help": "Which column."}]
+        st.session_state["values"] = param_form(specs, key="t")
+
+    at = AppTest.from_function(script, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    assert at.slider[0].label == "Temperature" and at.slider[0].help == "How random."
+    assert at.number_input[0].value == 50
+    assert at.toggle[0].value is True
+    assert at.selectbox[0].value == "line" and at.text_input[0].value == "prompt"
+    assert at.session_state["values"] == {"temperature": 0.7, "top_k": 50, "strict": True, "split": "line",
+                                          "column": "prompt"}
+
+
+def test_token_chips_escape_html():
+    from dashboard.common import masked_tokens_html, token_chips_html
+
+    assert "&lt;b&gt;" in token_chips_html(["<b>"], [1])
+    html = masked_tokens_html(["Q", "A"], [-100, 7])
+    assert html.index("line-through") < html.index("#bbf7d0")
+
+
+# -- pages -------------------------------------------------------------------------------------------
+
+def test_navigation_lists_all_nine_pages():
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    for page in ("welcome", "load_model", "prepare_data", "set_up_training", "fine_tune", "generate", "evaluate",
+                 "memory", "plugins"):
+        at.switch_page(f"dashboard/{page}.py")  # raises if st.navigation does not register it
+
+
+def test_welcome(monkeypatch):
+    at = open_page("welcome")
+    assert at.title[0].value == "TuneLab"
+    assert len(at.get("page_link")) >= 8
+    assert at.button[0].label.startswith("Quick start")
+    assert "CPU cores" in [m.label for m in at.metric]
+
+
+def test_load_model_shows_the_model(tiny_model):
+    at = open_page("load_model", model_name=tiny_model)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Layers"] == "2" and metrics["Hidden size"] == "64"
+    assert metrics["dtype"] == "float32"
+    assert "Where from?" in labels(at.radio)
+    chips = " ".join(h.value for h in at.html)
+    assert "Fine" in chips  # the tokenizer playground's chips
+    assert any("<|im_start|>" in c.value for c in at.code)  # the chat template, rendered
+
+
+def test_load_model_before_answer(tiny_model):
+    at = open_page("load_model", model_name=tiny_model)
+    at.slider(key="load.max_new_tokens").set_value(16)
+    next(b for b in at.button if b.label == "Ask the base model").click().run()
+    assert not at.exception and not at.error
+    assert isinstance(at.session_state["before_answer"], str)
+
+
+def test_load_model_bad_folder_is_one_clear_error(tmp_path):
+    at = open_page("load_model")
+    at.radio(key="load.source").set_value("Local folder").run()
+    at.text_input[0].input(str(tmp_path / "nope")).run()
+    next(b for b in at.button if b.label == "Load model").click().run()
+    assert not at.exception
+    assert "does not exist" in at.error[0].value
+
+
+@pytest.mark.skipif(not (REPO / "data" / "science_tutor_train.alpaca.json").is_file(), reason="lesson set missing")
+def test_prepare_data_report_histogram_and_masking(tiny_model):
+    at = open_page("prepare_data", model_name=tiny_model)
+    assert at.selectbox(key="data.format.science_tutor_train.alpaca.json").value == "alpaca"
+    assert int(at.metric[0].value.replace(",", "")) > 0  # records
+    (fig,) = figures(at)
+    assert [t["type"] for t in fig["data"]] == ["histogram"]
+    assert fig["layout"]["shapes"][0]["x0"] == 256  # the max_length cut
+    masked = at.html[-1].value
+    assert "line-through" in masked and "#bbf7d0" in masked  # prompt struck, reply green
+    assert at.session_state["data"]["format"] == "alpaca"
+
+
+def test_set_up_training_schedule_memory_and_yaml(tiny_model):
+    at = open_page("set_up_training", model_name=tiny_model)
+    assert at.segmented_control(key="cfg.method").value == "full"
+    for key in ("cfg.lr", "cfg.batch_size", "cfg.grad_accum", "cfg.max_length"):
+        at.select_slider(key=key)
+    lr_fig, mem_fig = figures(at)
+    assert [t["type"] for t in lr_fig["data"]] == ["scatter"]
+    assert [t["name"] for t in mem_fig["data"]] == [charts.MEMORY_LABELS[p] for p in charts.MEMORY_PARTS]
+    yaml_block = next(c.value for c in at.code if c.language == "yaml")
+    assert "lr:" in yaml_block and "method: full" in yaml_block
+    assert any("--set" in c.value or "python -m core train" in c.value for c in at.code if c.language == "bash")
+
+    at.segmented_control(key="cfg.method").set_value("lora").run()
+    assert not at.exception
+    assert at.session_state["run_config"]["method"] == "lora"
+    assert any("--set method=lora" in c.value for c in at.code)
+
+
+def test_memory_page_compares_setups(tiny_model):
+    at = open_page("memory", model_name=tiny_model)
+    bar, comparison = figures(at)
+    assert len([t for t in bar["data"] if t["type"] == "bar"]) == len(charts.MEMORY_PARTS)
+    assert comparison["data"][0]["x"][0] == "basic"
+    assert any(b.label.startswith("Measure a real step") for b in at.button)
+    assert at.dataframe  # the basic vs optimised table
+
+
+def test_memory_page_measures_a_real_step(tiny_model):
+    at = open_page("memory", model_name=tiny_model)
+    at.select_slider(key="mem.max_length").set_value(64)
+    at.select_slider(key="mem.batch_size").set_value(1).run()
+    next(b for b in at.button if b.label.startswith("Measure a real step")).click().run()
+    assert not at.exception and not at.error
+    measured = at.session_state["memory_measured"]
+    assert measured["basic"]["peak_bytes"] > 0
+    assert at.session_state["tokens_per_s"] > 0
+
+
+def test_plugins_page_lists_builtins_with_locked_toggles():
+    at = open_page("plugins")
+    assert [t.label for t in at.tabs] == ["Installed", "Catalog", "Write your own"]
+    builtin_toggles = [t for t in at.toggle if t.key.startswith("plugin.enabled.")]
+    assert builtin_toggles and all(t.disabled for t in builtin_toggles)
+    assert "docs/plugins.md" in at.tabs[1].markdown[0].value
+
+
+@pytest.mark.parametrize("page", ["fine_tune", "generate", "evaluate"])
+def test_placeholder_pages_render(page):
+    at = open_page(page)
+    assert at.title[0].value.split(" · ")[1] in ("Fine-tune", "Generate", "Evaluate")

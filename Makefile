@@ -33,7 +33,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not e2e and not slow"
 
 lesson: setup
-	$(PY) -m core lesson
+	$(PY) scripts/lesson.py
 
 bench: setup
 	$(PY) bench/train_step.py

@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import gc
 import os
-import resource
 import threading
 import time
 
@@ -345,50 +344,53 @@ def oom_advice(estimate_dict: dict, available_bytes: int) -> list[str]:
 # -- measurement ---------------------------------------------------------------------------
 
 class _PeakRSS:
-    """Sample this process's resident memory every few ms in a background thread.
+    """Sample this process's anonymous resident memory every few ms in a background thread.
 
     Why sampling, not ``resource.getrusage().ru_maxrss``: ru_maxrss is the process's all-time
     high-water mark, so a step that stays below an earlier peak (loading the model, a previous
-    step) reads as 0. The sampler can miss a spike shorter than its interval, so ru_maxrss is
-    still used when it did rise during the step. PyTorch ops release the GIL, so the thread runs.
+    step) reads as 0. Why *anonymous* memory (RSS minus file-backed pages): the first backward
+    pass pages in hundreds of MB of libtorch's code, which is RSS but not training memory and is
+    given back under pressure. PyTorch ops release the GIL, so the thread gets to run; a spike
+    shorter than the interval can be missed.
     """
 
     def __init__(self, interval: float = 0.002):
         import psutil
 
-        self.proc, self.interval, self.peak = psutil.Process(), interval, 0
+        self.proc, self.interval = psutil.Process(), interval
         self._stop = threading.Event()
+
+    def _anon(self) -> int:
+        info = self.proc.memory_info()
+        return info.rss - getattr(info, "shared", 0)
 
     def __enter__(self):
         _release_free_memory()
-        self.start = self.peak = self.proc.memory_info().rss
-        self.maxrss_before = _maxrss()
+        self.start = self.peak = self._anon()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak = max(self.peak, self._anon())
             time.sleep(self.interval)
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        if _maxrss() > self.maxrss_before:
-            self.peak = max(self.peak, _maxrss())
 
     @property
     def increase(self) -> int:
         return max(0, self.peak - self.start)
 
 
-def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
 def _release_free_memory() -> None:
-    """Give freed heap memory back to the OS, so the next step's growth shows in RSS (glibc)."""
+    """Give freed heap memory back to the OS (glibc), so the step's growth shows in RSS.
+
+    Otherwise the step could reuse memory an earlier step freed but the process kept, and
+    the increase would read low.
+    """
     gc.collect()
     try:
         import ctypes

@@ -134,6 +134,27 @@ def keyword_coverage(samples, context, max_keywords=12):
     return {"keyword_coverage": mean(per_sample), "per_sample": per_sample}
 
 
+# -- house style --------------------------------------------------------------------------
+
+LESSON_HEADINGS = "Definition, How it works, Everyday example, Key terms"
+
+
+def house_style(samples, context, headings=LESSON_HEADINGS):
+    """1 for an answer that has every heading, in order, each at the start of a line (bold or not)."""
+    wanted = [h.strip().lower() for h in headings.split(",") if h.strip()]
+    per_sample = []
+    for s in samples:
+        lines = [line.strip().strip("*#_ ").lower() for line in (s["answer"] or "").splitlines()]
+        found, position = 0, 0
+        for heading in wanted:
+            hit = next((i for i in range(position, len(lines)) if lines[i].startswith(heading)), None)
+            if hit is None:
+                break
+            found, position = found + 1, hit + 1
+        per_sample.append(float(found == len(wanted)) if wanted else float("nan"))
+    return {"house_style": mean(per_sample), "per_sample": per_sample}
+
+
 EVALUATORS = [
     SimpleNamespace(
         name="perplexity",
@@ -173,6 +194,17 @@ EVALUATORS = [
                  "help": "How many key words to take from each reference, in order of appearance. Fewer "
                          "focuses on the opening of the reference."}],
         evaluate=keyword_coverage,
+    ),
+    SimpleNamespace(
+        name="house_style",
+        description="Share of answers written in the house style: every required heading present, in order, "
+                    "each starting a line. The bundled lesson teaches Definition / How it works / Everyday "
+                    "example / Key terms; set your own headings for your data. Caveat: checks the shape, not "
+                    "whether what is under each heading is right.",
+        higher_is_better=True,
+        params=[{"name": "headings", "type": "str", "default": LESSON_HEADINGS,
+                 "help": "The headings every answer should have, comma-separated, in order."}],
+        evaluate=house_style,
     ),
 ]
 

@@ -219,3 +219,17 @@ def test_evaluate_run_compares_base_and_final_and_saves_the_report(tiny_model, t
     assert report["data"] == {"path": str(data), "training_file": True, "samples": 1}
     assert report["metrics"]["perplexity"]["delta"]["perplexity"] == pytest.approx(0.0)  # same weights
     assert ev.load_report(run_dir)["metrics"]["exact_match"]["base"] == report["base"]["metrics"]["exact_match"]
+
+
+def test_house_style_needs_every_heading_in_order():
+    from plugins.evaluators import house_style
+
+    good = ("**Definition:** A lever is a rigid bar.\n\n**How it works:** It turns on a pivot.\n\n"
+            "**Everyday example:** A seesaw.\n\n**Key terms:** pivot, load, effort")
+    missing = "**Definition:** A lever is a bar.\n\n**Key terms:** pivot"
+    shuffled = "**How it works:** x\n**Definition:** y\n**Everyday example:** z\n**Key terms:** w"
+    samples = [{"answer": a, "reference": ""} for a in (good, missing, shuffled, "")]
+    result = house_style(samples, {})
+    assert result["per_sample"] == [1.0, 0.0, 0.0, 0.0]
+    assert result["house_style"] == 0.25
+    assert house_style(samples[1:2], {}, headings="Definition, Key terms")["house_style"] == 1.0

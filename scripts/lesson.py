@@ -1,0 +1,224 @@
+"""Run the whole default lesson headless and write the measured before/after report.
+
+    python scripts/lesson.py                      # what `make lesson` runs
+    python scripts/lesson.py --set method=lora --set lr=1e-3 --out docs/trials/lora-1e-3
+
+1. Fine-tune the embedded model with configs/lesson.yaml (as the dashboard would).
+2. Evaluate the base and the tuned model on the held-out set with the same greedy
+   sampler: perplexity, ROUGE-L, keyword coverage and house-style adherence.
+3. Write <out>/results.json, <out>/results.md and <out>/loss_curve.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from core import evaluate, models, runs, train  # noqa: E402
+from core.config import load_config  # noqa: E402
+from core.errors import UserError  # noqa: E402
+
+SHOWCASE = "Explain photosynthesis."
+EVALUATORS = ["perplexity", "rouge_l", "keyword_coverage", "house_style"]
+
+
+def loss_curve_png(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
+    ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], color="#9ab", lw=1, label="training loss")
+    if len(train_rows) > 4:  # a smoothed line reads better than the raw, noisy one
+        smooth, value = [], train_rows[0]["loss"]
+        for r in train_rows:
+            value = 0.8 * value + 0.2 * r["loss"]
+            smooth.append(value)
+        ax.plot([r["step"] for r in train_rows], smooth, color="#1f6feb", lw=2, label="training loss (smoothed)")
+    ax.plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-", color="#d1242f",
+            label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per answer token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def metric(report: dict, evaluator: str, key: str) -> dict:
+    m = report["metrics"].get(evaluator, {})
+    base, tuned = m.get("base", {}).get(key), m.get("tuned", {}).get(key)
+    out = {"base": base, "tuned": tuned}
+    if base is not None and tuned is not None:
+        out["change"] = tuned - base
+        if base:
+            out["relative_change"] = (tuned - base) / base
+    return out
+
+
+def write_markdown(results: dict, report: dict, path: Path) -> None:
+    p, s = results["perplexity"], results["house_style"]
+    lines = [
+        "# The default lesson: measured before and after",
+        "",
+        f"Produced by `{results['command']}` on {results['machine']['description']}, {results['date']}.",
+        "Every figure below was measured in that run; rerun the command to reproduce it.",
+        "",
+        "## Settings",
+        "",
+        f"- model: `{results['config']['model']}`, method `{results['config']['method']}`, "
+        f"lr {results['config']['lr']}, {results['config']['epochs']} epoch(s), batch {results['config']['batch_size']}"
+        f" x grad_accum {results['config']['grad_accum']}, max_length {results['config']['max_length']}",
+        f"- training: {results['train']['steps']} optimizer steps on {results['train']['train_examples']} examples "
+        f"in {results['wall_s']['train']:.0f} s, median {results['tokens_per_s']:.0f} tokens/s",
+        f"- held-out: {results['heldout']['samples']} prompts from `{results['heldout']['path']}`, greedy decoding, "
+        f"up to {results['heldout']['max_new_tokens']} new tokens",
+        "",
+        "## Results",
+        "",
+        "| metric | base | tuned | change |",
+        "|---|---|---|---|",
+    ]
+    for name, label, fmt in [("perplexity", "held-out perplexity (lower is better)", "{:.2f}"),
+                             ("rouge_l", "ROUGE-L F1", "{:.3f}"),
+                             ("keyword_coverage", "keyword coverage", "{:.3f}"),
+                             ("house_style", "house-style adherence", "{:.0%}")]:
+        m = results[name]
+        if m.get("base") is None:
+            lines.append(f"| {label} | - | - | not computed |")
+            continue
+        change = f"{m['relative_change']:+.0%}" if "relative_change" in m else f"{m['change']:+.3f}"
+        lines.append(f"| {label} | {fmt.format(m['base'])} | {fmt.format(m['tuned'])} | {change} |")
+    lines += [
+        "",
+        f"Targets: perplexity falls by at least 30% — **{'met' if p.get('relative_change', 0) <= -0.30 else 'missed'}** "
+        f"({p.get('relative_change', 0):+.0%}); house-style adherence rises from near zero to most answers — "
+        f"**{'met' if (s.get('tuned') or 0) > 0.5 and (s.get('base') or 0) < 0.2 else 'missed'}** "
+        f"({(s.get('base') or 0):.0%} -> {(s.get('tuned') or 0):.0%}).",
+        "",
+        f"Wall time: {results['wall_s']['train']:.0f} s training, {results['wall_s']['evaluate']:.0f} s evaluation, "
+        f"{results['wall_s']['total']:.0f} s in all.",
+        "",
+        "![loss curve](loss_curve.png)",
+        "",
+        "## Side by side",
+        "",
+    ]
+    for ex in results["examples"]:
+        lines += [f"### {ex['prompt']}", "", "**Base model**", "", _quote(ex["base"]), "",
+                  "**Fine-tuned**", "", _quote(ex["tuned"]), ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in (text.strip() or "(empty)").splitlines())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="Run the default lesson and write docs/results.*")
+    ap.add_argument("--config", default=str(REPO / "configs" / "lesson.yaml"))
+    ap.add_argument("--heldout", default=str(REPO / "data" / "science_tutor_heldout.alpaca.json"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--limit", type=int, default=None, help="evaluate the first N held-out prompts only")
+    ap.add_argument("--max-new-tokens", type=int, default=180)
+    ap.add_argument("--out", default=str(REPO / "docs"))
+    args = ap.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    cfg = load_config(args.config, args.set)
+    os.chdir(REPO)  # data paths in the config are relative to the repository
+    run_dir = runs.create_run(cfg, "lesson")
+    print(f"[lesson] training into {run_dir}", flush=True)
+
+    def echo(row):
+        if "eval_loss" in row:
+            print(f"[lesson] step {row['step']}: validation loss {row['eval_loss']:.3f}", flush=True)
+        elif row["step"] % 5 == 0:
+            print(f"[lesson] step {row['step']}: loss {row['loss']:.3f} ({row['tokens_per_s']:.0f} tokens/s)",
+                  flush=True)
+
+    result = train.train(cfg, run_dir, echo=echo)
+    if result["state"] != "finished":
+        print(f"[lesson] training {result['state']}: {result['error']}", file=sys.stderr)
+        return 1
+    train_s = time.time() - started
+
+    samples = evaluate.load_samples(args.heldout, limit=args.limit)
+    # the showcase prompt first, so a --limit run still shows it
+    samples.sort(key=lambda s: s["prompt"][-1]["content"] != SHOWCASE)
+    print(f"[lesson] evaluating base and tuned on {len(samples)} held-out prompts", flush=True)
+    t = time.time()
+    base = models.load_model(cfg.model)
+    tuned = models.load_model(str(run_dir / "final"))
+
+    def progress(i, n):
+        if i % 10 == 0 or i == n:
+            print(f"[lesson] answered {i}/{n}", flush=True)
+
+    report = evaluate.compare(base, tuned, samples, evaluators=EVALUATORS, max_new_tokens=args.max_new_tokens,
+                              max_length=cfg.max_length, progress=progress)
+    evaluate.save_report(run_dir, report)
+    eval_s = time.time() - t
+
+    rows = runs.read_metrics(run_dir)
+    train_rows = [r for r in rows if "loss" in r]
+    status = runs.read_status(run_dir)
+    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    examples = [{"prompt": b["question"], "base": b["answer"], "tuned": a["answer"]}
+                for b, a in zip(report["base"]["samples"][:5], report["tuned"]["samples"][:5])]
+    results = {
+        "command": "make lesson" if not args.set and args.limit is None else
+                   "python scripts/lesson.py " + " ".join(f"--set {s}" for s in args.set)
+                   + (f" --limit {args.limit}" if args.limit else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {"description": machine, "python": platform.python_version()},
+        "config": cfg.to_dict(),
+        "run_dir": str(run_dir),
+        "train": {"steps": result["step"], **status.get("data", {})},
+        "heldout": {"path": str(Path(args.heldout).relative_to(REPO)) if Path(args.heldout).is_absolute()
+                    and REPO in Path(args.heldout).parents else args.heldout,
+                    "samples": len(samples), "max_new_tokens": args.max_new_tokens},
+        "perplexity": metric(report, "perplexity", "perplexity"),
+        "rouge_l": metric(report, "rouge_l", "rouge_l"),
+        "keyword_coverage": metric(report, "keyword_coverage", "keyword_coverage"),
+        "house_style": metric(report, "house_style", "house_style"),
+        "final_eval_loss": next((r["eval_loss"] for r in reversed(rows) if "eval_loss" in r), None),
+        "wall_s": {"train": round(train_s, 1), "evaluate": round(eval_s, 1), "total": round(time.time() - started, 1)},
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in train_rows[1:] or train_rows),
+        "examples": examples,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    loss_curve_png(rows, out / "loss_curve.png", f"{cfg.method} fine-tuning, lr {cfg.lr:g}")
+    write_markdown(results, report, out / "results.md")
+    print(json.dumps({k: results[k] for k in ("perplexity", "house_style", "rouge_l", "keyword_coverage",
+                                               "wall_s", "tokens_per_s")}, indent=2))
+    print(f"[lesson] wrote {out / 'results.md'}, results.json and loss_curve.png")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

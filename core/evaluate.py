@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 from .errors import UserError
-from .generate import generate
+from .generate import generate_batch
 from .registry import get_registry, resolve_params
 
 REPORT = Path("eval") / "report.json"
@@ -54,11 +54,13 @@ def load_samples(path, format: str | None = None, limit: int | None = None, para
 
 def evaluate_model(model, tokenizer, samples: list[dict], evaluators=None, sampler: str = "greedy",
                    params: dict | None = None, max_new_tokens: int = 200, max_length: int = 512,
-                   progress=None, evaluator_params: dict | None = None, seed: int = 0, registry=None) -> dict:
+                   progress=None, evaluator_params: dict | None = None, seed: int = 0, registry=None,
+                   batch_size: int = 8) -> dict:
     """Generate an answer per sample, then score them with each evaluator.
 
     ``evaluators``: names (default: every installed one). ``evaluator_params``:
-    ``{evaluator: {param: value}}``. ``progress(i, n)`` is called after each answer.
+    ``{evaluator: {param: value}}``. Answers are generated ``batch_size`` at a time
+    (several times faster on a CPU); ``progress(i, n)`` is called after each batch.
     Returns ``{"metrics": {evaluator: {metric: value} or {"error": str}},
     "samples": [{"prompt", "question", "reference", "answer", "scores": {evaluator: value}}],
     "evaluators": {name: {"higher_is_better", "description"}}, "settings": {...}}``.
@@ -68,13 +70,9 @@ def evaluate_model(model, tokenizer, samples: list[dict], evaluators=None, sampl
     # A user's mistake (unknown name, bad param) stops here, before minutes of generation.
     plugins = {name: registry.get("evaluators", name) for name in names}
     settings = {name: resolve_params(p.params, (evaluator_params or {}).get(name)) for name, p in plugins.items()}
-    answered = []
-    for i, sample in enumerate(samples):
-        answer = generate(model, tokenizer, sample["prompt"], sampler, params, max_new_tokens, seed=seed,
-                          registry=registry)
-        answered.append({**sample, "answer": answer})
-        if progress:
-            progress(i + 1, len(samples))
+    answers = generate_batch(model, tokenizer, [s["prompt"] for s in samples], sampler, params, max_new_tokens,
+                             seed=seed, batch_size=batch_size, registry=registry, progress=progress)
+    answered = [{**sample, "answer": answer} for sample, answer in zip(samples, answers)]
     context = {"model": model, "tokenizer": tokenizer, "max_length": max_length,
                "encode": _encoder(tokenizer, max_length)}
     metrics, per_sample = {}, {}

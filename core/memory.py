@@ -283,14 +283,15 @@ def machine_memory() -> dict:
     import psutil
 
     vm = psutil.virtual_memory()
-    info = {"ram_total": vm.total, "ram_available": vm.available, "cuda": False}
+    info = {"ram_total": vm.total, "ram_available": vm.available, "cuda": False,
+            "total": vm.total, "available": vm.available}  # short aliases, as the CLI reads them
     try:
         import torch
 
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
             free, total = torch.cuda.mem_get_info(0)
-            info.update(cuda=True, gpu_name=props.name, gpu_total=total, gpu_available=free)
+            info.update(cuda=True, gpu_name=props.name, gpu_total=total, gpu_available=free, cuda_total=total)
     except Exception:  # noqa: BLE001 - a broken CUDA set-up must not break the estimate page
         pass
     return info
@@ -442,7 +443,12 @@ def measure_step(model_name_or_model, method: str = "full", precision: str = "fp
         model = model_name_or_model.to(device)
     model.config.use_cache = False  # the KV cache is for generation; training never reads it
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Non-reentrant checkpointing works with frozen inputs and peft; transformers 5 renamed the method.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable:
+            enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -495,4 +501,4 @@ def measure_step(model_name_or_model, method: str = "full", precision: str = "fp
             "how": "torch.cuda.max_memory_allocated" if device == "cuda" else "resident tensors + sampled RSS increase",
             "method": method, "precision": precision, "batch_size": batch_size, "max_length": max_length,
             "gradient_checkpointing": gradient_checkpointing, "lora_r": lora_r,
-            "parameters": total, "trainable_parameters": trainable, "loss": None}
+            "parameters": total, "trainable_parameters": trainable}

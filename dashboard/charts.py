@@ -88,3 +88,120 @@ def memory_comparison(setups: dict[str, dict], available: float | None = None) -
                       annotation_text=f"this machine: {available / GIB:.1f} GiB")
     return _layout(fig, None, height=380, barmode="stack", yaxis_title="GiB",
                    legend=dict(orientation="h", y=-0.25))
+
+
+# -- lesson 4: training curves ------------------------------------------------------------------
+
+LOSS_COLOUR, VAL_COLOUR = "#2f6fdb", "#dc2626"
+RUN_COLOURS = ("#2f6fdb", "#dc2626", "#16a34a", "#d97706", "#8b5cf6", "#0891b2", "#db2777", "#4b5563")
+
+
+def ema(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average, debiased so the start is not pulled to 0.
+
+    ``weight`` 0 = no smoothing, 0.99 = very smooth.
+    """
+    out, last, n = [], 0.0, 0
+    for v in values:
+        n += 1
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight ** n) if weight < 1 else v)
+    return out
+
+
+def _xy(rows: list[dict], key: str) -> tuple[list, list]:
+    points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def loss_chart(rows: list[dict], smoothing: float = 0.6, total_steps: int | None = None) -> go.Figure:
+    """Training loss (faint raw line + smoothed line) and validation loss (markers) against the step."""
+    steps, loss = _xy(rows, "loss")
+    val_steps, val_loss = _xy(rows, "eval_loss")
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=steps, y=loss, mode="lines+markers" if len(loss) < 30 else "lines",
+                             name="training loss (raw)", line=dict(color=LOSS_COLOUR, width=1), opacity=0.35,
+                             marker=dict(size=4), hovertemplate="step %{x}: loss %{y:.4f}<extra>raw</extra>"))
+    fig.add_trace(go.Scatter(x=steps, y=ema(loss, smoothing), mode="lines", name="training loss (smoothed)",
+                             line=dict(color=LOSS_COLOUR, width=3),
+                             hovertemplate="step %{x}: smoothed %{y:.4f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=val_steps, y=val_loss, mode="lines+markers", name="validation loss",
+                             line=dict(color=VAL_COLOUR, width=2, dash="dot"), marker=dict(size=8),
+                             hovertemplate="step %{x}: validation loss %{y:.4f}<extra></extra>"))
+    xaxis = dict(title="optimizer step", rangemode="tozero")
+    if total_steps:
+        xaxis["range"] = [0, total_steps * 1.02]
+    return _layout(fig, None, height=360, xaxis=xaxis, yaxis_title="loss (lower is better)",
+                   legend=dict(orientation="h", y=1.12))
+
+
+def metric_chart(rows: list[dict], key: str, label: str, colour: str = "#2f6fdb", log_y: bool = False,
+                 fmt: str = ".3g") -> go.Figure:
+    """One metric of the metrics rows (lr, grad_norm, tokens_per_s) against the step."""
+    steps, values = _xy(rows, key)
+    fig = go.Figure(go.Scatter(x=steps, y=values, mode="lines+markers" if len(values) < 30 else "lines",
+                               name=label, line=dict(color=colour, width=2), marker=dict(size=4),
+                               hovertemplate=f"step %{{x}}: %{{y:{fmt}}}<extra>{label}</extra>"))
+    return _layout(fig, label, height=230, xaxis_title="step", yaxis_type="log" if log_y else None,
+                   yaxis_tickformat=fmt if not log_y else None, showlegend=False)
+
+
+def runs_overlay_chart(curves: dict[str, list[dict]], smoothing: float = 0.6) -> go.Figure:
+    """Several runs' smoothed training loss (solid) and validation loss (dotted), one colour per run."""
+    fig = go.Figure()
+    for i, (name, rows) in enumerate(curves.items()):
+        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+        steps, loss = _xy(rows, "loss")
+        fig.add_trace(go.Scatter(x=steps, y=ema(loss, smoothing), mode="lines", name=f"{name} · training",
+                                 line=dict(color=colour, width=2), legendgroup=name,
+                                 hovertemplate="step %{x}: %{y:.4f}<extra>" + name + "</extra>"))
+        val_steps, val_loss = _xy(rows, "eval_loss")
+        if val_loss:
+            fig.add_trace(go.Scatter(x=val_steps, y=val_loss, mode="lines+markers", name=f"{name} · validation",
+                                     line=dict(color=colour, width=2, dash="dot"), legendgroup=name,
+                                     hovertemplate="step %{x}: %{y:.4f}<extra>" + name + " (validation)</extra>"))
+    return _layout(fig, None, height=360, xaxis_title="optimizer step", yaxis_title="loss",
+                   legend=dict(orientation="h", y=-0.2))
+
+
+# -- lesson 5: the next-token distribution -------------------------------------------------------
+
+def next_token_chart(dist: dict, sampler: str = "sampler") -> go.Figure:
+    """The most likely next tokens: the model's probabilities (grey) and what the sampler draws from (blue)."""
+    # Quoted, and numbered when two tokens read the same (Plotly would merge equal category labels).
+    labels, seen = [], {}
+    for t in dist["tokens"]:
+        seen[t] = seen.get(t, 0) + 1
+        labels.append(f"'{t}'" + (f" ({seen[t]})" if seen[t] > 1 else ""))
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=labels, y=dist["before"], name="model's probabilities (before)", marker_color="#9ca3af",
+                         customdata=dist["ids"], hovertemplate="%{x} (id %{customdata}): %{y:.1%}<extra>before</extra>"))
+    fig.add_trace(go.Bar(x=labels, y=dist["after"], name=f"after {sampler}", marker_color="#2f6fdb",
+                         customdata=dist["ids"], hovertemplate="%{x} (id %{customdata}): %{y:.1%}<extra>after</extra>"))
+    return _layout(fig, None, height=340, barmode="group", yaxis_title="probability", yaxis_tickformat=".0%",
+                   xaxis_title="next token (␣ = space, ⏎ = new line)", legend=dict(orientation="h", y=1.12),
+                   bargap=0.2)
+
+
+# -- lesson 6: evaluation ----------------------------------------------------------------------
+
+BASE_COLOUR, TUNED_COLOUR = "#9ca3af", "#2f6fdb"
+
+
+def eval_metric_chart(evaluator: str, base: dict, tuned: dict, higher_is_better: bool = True) -> go.Figure:
+    """Base vs tuned for one evaluator's metrics, as grouped bars."""
+    keys = [k for k in tuned if k != "error" and k in base]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=keys, y=[base[k] for k in keys], name="base", marker_color=BASE_COLOUR,
+                         text=[_short(base[k]) for k in keys], textposition="outside",
+                         hovertemplate="%{x}: %{y:.4g}<extra>base</extra>"))
+    fig.add_trace(go.Bar(x=keys, y=[tuned[k] for k in keys], name="tuned", marker_color=TUNED_COLOUR,
+                         text=[_short(tuned[k]) for k in keys], textposition="outside",
+                         hovertemplate="%{x}: %{y:.4g}<extra>tuned</extra>"))
+    title = f"{evaluator} ({'higher' if higher_is_better else 'lower'} is better)"
+    return _layout(fig, title, height=300, barmode="group", legend=dict(orientation="h", y=-0.15),
+                   yaxis=dict(rangemode="tozero"))
+
+
+def _short(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"

@@ -198,3 +198,125 @@ RECOMMENDED = {
     "gradient_checkpointing": "on when memory is tight, off otherwise",
     "train_on_prompt": "off",
 }
+
+# -- lesson 4: fine-tune -------------------------------------------------------------------------
+
+LOSS_CURVE = box(
+    "The loss curve",
+    "The loss is how wrong the model's next-token guesses are on the training batches, averaged over the "
+    "trained (green) tokens: lower is better. Each point is one optimizer step. The smoothed line is a "
+    "running average (like TensorBoard's) so the trend shows through the noise.",
+    "It is the heartbeat of training: falling means the model is learning the examples; flat means it is "
+    "not; a jump means something went wrong.",
+    "A quick drop in the first steps, then a slow decline. Each batch holds different examples, so the raw "
+    "line is jagged; judge the smoothed line. **A flat curve** from the start usually means the learning rate "
+    "is too low. **Spikes** are often one unusual batch (harmless if the curve recovers) or a learning rate "
+    "that is too high (if they grow).",
+    "Reading one step's loss as the answer; smoothing so much that a real problem is hidden; comparing loss "
+    "values between models with different tokenizers.",
+)
+
+VALIDATION_LOSS = box(
+    "Validation loss and overfitting",
+    "The same loss, measured on held-out examples the model never trains on (the red dotted line, every "
+    "`eval_every` steps and at the end).",
+    "Training loss only says the model fits the examples it saw; validation loss says whether that carries "
+    "over to new ones — which is what you actually want.",
+    "**Overfitting**: the training loss keeps falling while the validation loss turns up. The model is "
+    "memorising its examples. Stop there (fewer epochs or steps), or use more data, LoRA or dropout.",
+    "Training for many epochs on a few hundred examples because the training loss still falls; having no "
+    "validation set at all (`val_fraction` 0).",
+)
+
+TRAINING_SIGNALS = box(
+    "Learning rate, gradient norm and speed",
+    "The learning rate actually used at each step (the schedule of lesson 3); the gradient norm (how big the "
+    "update wanted to be, before clipping to `max_grad_norm`); tokens per second (the training speed).",
+    "They explain the loss curve: a loss spike often follows a gradient-norm spike; a loss that stops moving "
+    "at the end may just be the learning rate decaying to zero.",
+    "The gradient norm usually falls and settles; repeated large spikes mean the learning rate is too high. "
+    "Tokens per second should be steady; a drop means the machine is busy with something else.",
+    "Turning gradient clipping off (0) and getting a NaN loss; reading tokens/s on the first step (it "
+    "includes warm-up work).",
+)
+
+RUNS = box(
+    "Runs, stopping and resuming",
+    "Each Start makes a folder under `runs/` with its config, metrics, status, checkpoints and, at the end, "
+    "`final/` (the trained model). Training runs in a separate worker process.",
+    "Closing the tab does not stop training, and a run can be stopped and resumed from its last checkpoint "
+    "with no step lost or repeated. Overlaying runs is how you learn what a setting does.",
+    "Compare runs that differ in one setting only (learning rate, say), with the same seed.",
+    "Changing several settings at once and not knowing which one helped; forgetting that a stopped run has "
+    "no `final/` model until it is resumed and finishes.",
+)
+
+FAILED_HINT = (
+    "What to do: read the error above (it names the cause), change the setting on **3 · Set up training**, "
+    "and Start again. An *interrupted* run (its worker was killed) can be **resumed** from its last "
+    "checkpoint. The worker's full output is in the run's `log.txt`, shown below."
+)
+
+# -- lesson 5: generate ---------------------------------------------------------------------------
+
+NEXT_TOKEN = box(
+    "The next-token distribution",
+    "At every step the model gives each of its ~49,000 tokens a probability of coming next (grey bars: the "
+    "most likely ones). A *sampler* reshapes that distribution and picks from it (blue bars: what it "
+    "actually draws from).",
+    "The same model writes dull, lively or nonsensical text depending only on the sampler. Fine-tuning "
+    "changes the grey bars; the sampler changes the blue ones.",
+    "Greedy puts everything on the top token. Temperature below 1 makes the tall bars taller; above 1 "
+    "flattens them. Top-k and top-p cut the tail to zero and rescale the rest.",
+    "Blaming the model for rambling caused by a high temperature; using sampling when you need a "
+    "reproducible answer (use greedy, or a fixed seed).",
+)
+
+SAMPLING = box(
+    "Samplers",
+    "The rule that turns probabilities into a choice: *greedy* (always the top token), *temperature* "
+    "(sample from a sharpened or flattened distribution), *top-k* / *top-p* / *min-p* (sample only among "
+    "the likely tokens), *beam* (search several continuations, keep the best). Each is a plugin.",
+    "Factual, short answers want greedy or beam; creative text wants some randomness with the tail cut off "
+    "(top-p 0.9, temperature 0.7 is a common start).",
+    "With sampling, the same prompt gives a different answer per seed: try a few before judging.",
+    "Comparing base and tuned models with different samplers or seeds: the difference you see may be the "
+    "sampler's, not the training's.",
+)
+
+BEFORE_AFTER = box(
+    "Base vs tuned",
+    "The same prompt, the same sampler and seed, two models: the one you started from and the one your "
+    "run produced (`final/`).",
+    "It is the quickest way to see what training changed: tone, length, format, and whether it stops "
+    "cleanly at the end of its answer.",
+    "Ask questions like the training examples and also unlike them: a good fine-tune improves the first "
+    "without breaking the second.",
+    "Judging from one prompt (use lesson 6 for a measurement); asking about facts the data never contained.",
+)
+
+# -- lesson 6: evaluate ---------------------------------------------------------------------------
+
+HELDOUT = box(
+    "Held-out evaluation",
+    "Both models answer the same prompts from a file they never trained on; *evaluator* plugins score the "
+    "answers against the reference answers.",
+    "A model always looks good on its own training examples. Only unseen examples tell you whether it "
+    "learned the skill or memorised the answers.",
+    "Each metric measures one thing: perplexity (how expected the reference is), ROUGE-L and keyword "
+    "coverage (overlap with the reference), exact match (identical answers). Look at several, and read the "
+    "answers.",
+    "Evaluating on the training file; trusting a difference measured on 8 examples (it is a hint, not "
+    "proof — use more samples on a GPU).",
+)
+
+METRIC_CHANGE = box(
+    "Best and worst samples",
+    "For one metric, the change from base to tuned on each example, sorted: where training helped most "
+    "and where it hurt.",
+    "Averages hide failures. The worst samples show what the model got worse at, often the most useful "
+    "thing to learn from an evaluation.",
+    "A good fine-tune improves most samples a little; a few large losses can mean forgetting, or examples "
+    "unlike the training data.",
+    "Reading only the mean; treating a metric's number as the truth without reading the two answers.",
+)

@@ -137,7 +137,7 @@ def test_evaluate_model_scores_answers_and_survives_a_broken_evaluator(tiny):
     samples = [sample(None, "Paris is the capital of France."), sample(None, "Four.", prompt="What is 2+2?")]
     calls = []
     report = ev.evaluate_model(model, tokenizer, samples, evaluators=BUILTIN + ["broken"], max_new_tokens=4,
-                               progress=lambda i, n: calls.append((i, n)), registry=registry)
+                               batch_size=1, progress=lambda i, n: calls.append((i, n)), registry=registry)
     assert calls == [(1, 2), (2, 2)]
     assert report["metrics"]["broken"] == {"error": "ZeroDivisionError: no answers to divide by"}
     assert report["metrics"]["perplexity"]["perplexity"] > 1  # core.data's encoder, masked as in training
@@ -163,7 +163,8 @@ def test_compare_and_report_round_trip(tiny, registry, tmp_path):
     samples = [sample(None, "Paris."), sample(None, "Yes, it is.")]
     calls = []
     result = ev.compare((model, tokenizer), (model, tokenizer), samples, evaluators=["rouge_l", "keyword_coverage"],
-                        max_new_tokens=3, progress=lambda i, n: calls.append((i, n)), registry=registry)
+                        max_new_tokens=3, batch_size=1, progress=lambda i, n: calls.append((i, n)),
+                        registry=registry)
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert [s["answer"] for s in result["base"]["samples"]] == [s["answer"] for s in result["tuned"]["samples"]]
     assert result["metrics"]["rouge_l"]["delta"] == {"rouge_l": 0.0}
@@ -233,3 +234,16 @@ def test_house_style_needs_every_heading_in_order():
     assert result["per_sample"] == [1.0, 0.0, 0.0, 0.0]
     assert result["house_style"] == 0.25
     assert house_style(samples[1:2], {}, headings="Definition, Key terms")["house_style"] == 1.0
+
+
+def test_batched_generation_matches_one_prompt_at_a_time(tiny):
+    from core.generate import generate, generate_batch
+
+    model, tokenizer = tiny
+    prompts = ["Hi", "What is the capital of France, and why is it there?", "Explain rain."]
+    single = [generate(model, tokenizer, p, max_new_tokens=6) for p in prompts]
+    calls = []
+    batched = generate_batch(model, tokenizer, prompts, max_new_tokens=6, batch_size=2,
+                             progress=lambda i, n: calls.append((i, n)))
+    assert batched == single  # left padding and the attention mask change nothing
+    assert calls == [(2, 3), (3, 3)]

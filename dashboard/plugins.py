@@ -15,6 +15,21 @@ common.lesson_box(lessons.PLUGINS)
 KIND_LABELS = {"data_formats": "data formats", "samplers": "samplers", "evaluators": "evaluators"}
 STATUS_ICONS = {"loaded": ":material/check_circle:", "failed": ":material/error:", "disabled": ":material/block:"}
 
+
+def guide_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """docs/plugins.md as ``(intro, [(section title, section markdown)])``, split at ``## `` headings."""
+    intro, sections, fenced = [], [], False
+    for line in text.splitlines():
+        fenced ^= line.startswith("```")
+        if not fenced and line.startswith("## "):
+            sections.append((line[3:].strip(), []))
+        elif not fenced and line.startswith("# ") and not sections and not intro:
+            continue  # the document's title: the page has its own
+        else:
+            (sections[-1][1] if sections else intro).append(line)
+    return "\n".join(intro).strip(), [(title, "\n".join(body).strip()) for title, body in sections]
+
+
 installed, catalog, write = st.tabs(["Installed", "Catalog", "Write your own"])
 
 with installed:
@@ -29,7 +44,17 @@ with installed:
     failed = [p for p in listing if p["status"] == "failed"]
     if failed:
         st.warning(f"{len(failed)} plugin(s) failed to load and were skipped; the rest of TuneLab works without "
-                   "them. Their errors are below.", icon=":material/warning:")
+                   "them. Their errors are below. If a plugin breaks TuneLab itself, start it with "
+                   "`TUNELAB_LOAD_PLUGINS=` (empty: built-ins only) and switch the plugin off here.",
+                   icon=":material/warning:")
+    clashes = [{"plugin": p["name"], "clash": c} for p in listing for c in p.get("clashes") or []]
+    if clashes:
+        with st.expander(f":material/merge_type: Name clashes ({len(clashes)})", expanded=True):
+            st.markdown("Two plugins used the same name. The one called first keeps it (the built-ins are always "
+                        "called first); the other plugin's contribution of that name is skipped. Rename to fix it.")
+            st.dataframe(clashes, hide_index=True, width="stretch")
+    else:
+        st.caption("No name clashes: every plugin, format, sampler and evaluator name is unique.")
 
     for plugin in listing:
         builtin = plugin["source"] == "builtin"
@@ -77,29 +102,98 @@ with installed:
 
 with catalog:
     st.markdown(
-        "A catalog of community plugins you can install with pip is coming to this tab. Until then, any "
-        "package that declares an entry point in the `tunelab` group is picked up on the next start, and any "
-        "`.py` file in `$TUNELAB_PLUGINS_DIR` too. See **docs/plugins.md**."
+        "Community plugins reviewed by TuneLab's maintainers, from `catalog.json` in the repository (it works "
+        "offline). How to write one, and how to get it listed, is in **docs/plugins.md** (and on the next tab). "
+        "Anything else that declares an entry point in the `tunelab` group is picked up too, once you install "
+        "it with pip yourself, as is any `.py` file in `$TUNELAB_PLUGINS_DIR`."
     )
+    with common.user_errors():
+        from core import catalog as plugin_catalog
+
+        entries = plugin_catalog.with_status()
+        loaded = {p["name"]: p for p in common.registry().listing()}
+        if not entries:
+            st.info("The catalog is empty.")
+        for entry in entries:
+            package = entry["package"]
+            with st.container(border=True):
+                head, badge = st.columns([5, 1])
+                head.markdown(f"**{package}** · {', '.join(KIND_LABELS.get(k, k) for k in entry['kinds'])}")
+                if entry["installed"]:
+                    badge.badge(f"installed {entry['installed']}", icon=":material/check_circle:", color="green")
+                else:
+                    badge.badge("not installed", icon=":material/download:", color="gray")
+                st.markdown(entry["summary"])
+                st.caption(f"License {entry['license']} · repository: {entry['repo']} · reviewed {entry['reviewed']}"
+                           f" · installs `{entry['install']}`")
+                if entry["installed"]:
+                    for name in entry["plugins"] or [package]:
+                        state = loaded.get(name, {}).get("status")
+                        if state == "loaded":
+                            st.caption(f"Plugin `{name}` is loaded: its contributions are on the other pages.")
+                        elif state:
+                            st.caption(f"Plugin `{name}` is {state}: {loaded[name].get('error') or ''} "
+                                       "(see the Installed tab).")
+                        else:
+                            st.warning(f"Plugin `{name}` is installed but not loaded in this process: restart "
+                                       "TuneLab to load it.", icon=":material/restart_alt:")
+                else:
+                    st.warning(
+                        "A plugin is Python code that runs inside TuneLab **with the app's rights**: it can read and "
+                        "write your files, use the network and run programs as you. Catalog entries were reviewed on "
+                        "the date shown, which is not a guarantee. Install only what you trust.",
+                        icon=":material/gpp_maybe:")
+                    understood = st.checkbox("I understand that this plugin runs code with the app's rights",
+                                             key=f"catalog.understand.{package}")
+                    if st.button(f"Install {package}", key=f"catalog.install.{package}", disabled=not understood,
+                                 help="Runs pip install with the catalog's spec, in TuneLab's Python environment."):
+                        with st.spinner(f"pip install {entry['install']} …"):
+                            result = plugin_catalog.install(entry)
+                        from core.registry import reset_registry
+
+                        reset_registry()  # the next get_registry() loads the new entry points
+                        common.reload_registry()
+                        st.session_state[f"catalog.result.{package}"] = result
+                        st.rerun()
+                result = st.session_state.get(f"catalog.result.{package}")
+                if result:
+                    shown = {p["name"]: p for p in common.registry().listing()}
+                    if not result["ok"]:
+                        st.error(result["message"], icon=":material/error:")
+                    elif result["restart_needed"] or not any(n in shown for n in result["plugins"]):
+                        st.warning(f"{package} {result['installed']} is installed, but this process does not see "
+                                   "its plugin yet: restart TuneLab to load it.", icon=":material/restart_alt:")
+                    else:
+                        st.success(result["message"], icon=":material/check_circle:")
+                    with st.expander("pip's output"):
+                        st.code(" ".join(result["command"]) + "\n\n" + result["output"], language="text")
+    st.caption("To get a plugin listed, open a pull request adding it to `catalog.json`: see *Getting into the "
+               "catalog* in docs/plugins.md.")
 
 with write:
+    guide = common.REPO / "docs" / "plugins.md"
+    template = common.REPO / "docs" / "plugin-template"
     st.markdown(
-        "A guided editor for writing your own data format, sampler or evaluator is coming to this tab. Until "
-        "then, **docs/plugins.md** walks through a complete plugin; the hooks and what each one registers are "
-        "documented in `core/hookspecs.py`. A plugin needs only `pluggy`:"
+        "Write a data format for your own files, a new way to pick the next token, or a metric. A plugin is a "
+        "Python module with a few functions marked as hook implementations; it needs only `pluggy`. Start from "
+        "the **template** below (copy each file), read the **guide** for every hook's contract, and see "
+        "`examples/tunelab-science-extras/` for a complete package with one plugin of each kind."
     )
-    st.code('''import pluggy
-from types import SimpleNamespace
-
-hookimpl = pluggy.HookimplMarker("tunelab")
-
-
-@hookimpl
-def register_samplers(register):
-    register(SimpleNamespace(
-        name="cold",
-        description="Sampling at a low temperature: nearly greedy, a little variety.",
-        params=[{"name": "temperature", "type": "float", "default": 0.3, "min": 0.05, "max": 1.0,
-                 "help": "Lower = more predictable."}],
-        generation_kwargs=lambda temperature: {"do_sample": True, "temperature": temperature},
-    ))''', language="python")
+    st.subheader("The template")
+    st.caption(f"`{template.relative_to(common.REPO)}/`: copy the files, rename `tunelab_myplugin`, then "
+               "`pip install -e .` into TuneLab's environment and run `python -m core plugins`.")
+    languages = {".toml": "toml", ".py": "python", ".md": "markdown"}
+    files = sorted((p for p in template.glob("*") if p.is_file() and p.suffix in languages),
+                   key=lambda p: (p.suffix != ".toml", p.suffix == ".md", p.name.startswith("test_"), p.name))
+    for path in files:
+        st.markdown(f"**`{path.name}`**")
+        st.code(path.read_text(encoding="utf-8"), language=languages[path.suffix])
+    st.subheader("The guide")
+    if guide.is_file():
+        intro, sections = guide_sections(guide.read_text(encoding="utf-8"))
+        st.markdown(intro)
+        for title, body in sections:
+            with st.expander(title):
+                st.markdown(body)
+    else:
+        st.info("docs/plugins.md is missing from this copy of TuneLab.")

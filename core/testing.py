@@ -92,13 +92,8 @@ def registered(plugin, name: str = "plugin-under-test", strict: bool = True):
             os.environ.pop("TUNELAB_STRICT_PLUGINS", None)
         else:
             os.environ["TUNELAB_STRICT_PLUGINS"] = saved_env
-    with _registry._lock:
-        previous, _registry._registry = _registry._registry, reg
-    try:
+    with _registry.use_registry(reg):
         yield reg
-    finally:
-        with _registry._lock:
-            _registry._registry = previous
 
 
 # -- contract checks --------------------------------------------------------------------------

@@ -213,8 +213,9 @@ def test_memory_page_measures_a_real_step(tiny_model):
 def test_plugins_page_lists_builtins_with_locked_toggles():
     at = open_page("plugins")
     assert [t.label for t in at.tabs] == ["Installed", "Catalog", "Write your own"]
-    builtin_toggles = [t for t in at.toggle if t.key.startswith("plugin.enabled.")]
-    assert builtin_toggles and all(t.disabled for t in builtin_toggles)
+    builtins = {"plugin.enabled.formats", "plugin.enabled.samplers", "plugin.enabled.evaluators"}
+    builtin_toggles = [t for t in at.toggle if t.key in builtins]
+    assert len(builtin_toggles) == 3 and all(t.disabled for t in builtin_toggles)
     assert "docs/plugins.md" in at.tabs[1].markdown[0].value
 
 

@@ -80,7 +80,7 @@ with st.container(border=True):
             + f", {raw['data']['val_fraction']:.0%} held out for validation\n"
             f"- method: **{raw['method']}**, learning rate **{raw['lr']:.0e}** ({raw['scheduler']}), "
             f"effective batch {raw['batch_size'] * raw['grad_accum']}\n"
-            f"- length: " + (f"**{raw['max_steps']} steps**" if raw["max_steps"] else f"**{raw['epochs']:g} epochs**")
+            f"- length: " + (f"**{raw['max_steps']} steps**" if raw["max_steps"] else f"**{raw['epochs']:g} epoch{'' if raw['epochs'] == 1 else 's'}**")
         )
         st.caption("These come from **3 · Set up training**" if common.RUN_CONFIG in st.session_state
                    else "Lesson 3 was skipped, so these are the defaults: change them on **3 · Set up training**.")

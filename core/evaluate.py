@@ -122,7 +122,7 @@ def compare(base, tuned, samples: list[dict], progress=None, **kwargs) -> dict:
 
 def evaluate_run(run_dir, data_path=None, evaluators=None, sampler: str = "greedy", params: dict | None = None,
                  limit: int | None = None, max_new_tokens: int = 200, format: str | None = None,
-                 progress=None, registry=None) -> dict:
+                 progress=None, registry=None, evaluator_params: dict | None = None) -> dict:
     """Compare a run's base model with its fine-tuned ``final/`` and save ``eval/report.json``.
 
     ``data_path`` defaults to the run's training file: pass a held-out file for an
@@ -141,7 +141,8 @@ def evaluate_run(run_dir, data_path=None, evaluators=None, sampler: str = "greed
                            params=cfg.data.params if same_file else None, registry=registry)
     base, tuned = models.load_model(cfg.model), models.load_model(str(run_dir / "final"))
     report = compare(base, tuned, samples, progress=progress, evaluators=evaluators, sampler=sampler,
-                     params=params, max_new_tokens=max_new_tokens, max_length=cfg.max_length, registry=registry)
+                     params=params, max_new_tokens=max_new_tokens, max_length=cfg.max_length, registry=registry,
+                     evaluator_params=evaluator_params)
     report["data"] = {"path": str(data_path), "training_file": same_file, "samples": len(samples)}
     save_report(run_dir, report)
     return report

@@ -71,12 +71,17 @@ def resolve_precision(precision: str) -> str:
     """'auto' -> fp32 on CPU, bf16 on GPUs that support it, fp16 (with a grad scaler) otherwise."""
     import torch
 
-    cuda = torch.cuda.is_available()
-    if precision == "auto":
-        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if precision == "fp16" and not cuda:
+    from .memory import resolve_precision as resolve_auto
+
+    resolved = resolve_auto(precision)
+    if resolved == "fp16" and not torch.cuda.is_available():
         raise UserError("precision fp16 needs a GPU (CPU kernels for fp16 training are missing); use fp32 or bf16")
-    return precision
+    return resolved
+
+
+def estimate_seconds(cfg: RunConfig, n_train: int, median_tokens: float, tokens_per_s: float) -> float:
+    """Training time from a measured speed: steps x examples per step x tokens per example / speed."""
+    return cfg.total_steps(n_train) * cfg.batch_size * cfg.grad_accum * median_tokens / tokens_per_s
 
 
 def build_model(cfg: RunConfig):

@@ -1,13 +1,12 @@
 """What every page shares: session state, cached loaders, the concept box, plugin param forms.
 
 Nothing heavy is imported at module level (no torch, no transformers): the Welcome page imports
-this module and must paint at once. Engine modules are imported when a page first needs them.
+this module and must paint at once. The functions that need the engine import it when called.
 """
 
 from __future__ import annotations
 
 import html
-import importlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,40 +20,12 @@ EMBEDDED = "embedded"
 MODEL_NAME = "model_name"          # what the user loaded on page 1: "embedded", a Hub id or a folder
 BEFORE_ANSWER = "before_answer"    # the base model's answer, kept to compare after training
 DATA = "data"                      # {"path", "format", "params"} chosen on page 2
+DATA_RECORDS = "data_records"      # how many records the data set has, counted on page 2
+DATA_MEDIAN_TOKENS = "data_median_tokens"  # the data's median example length in tokens, from page 2
 RUN_CONFIG = "run_config"          # the RunConfig as a plain dict, built on page 3
+N_TRAIN = "n_train"                # training examples (the data minus the validation share), from page 3
 TOKENS_PER_S = "tokens_per_s"      # a measured training speed, when one is known
-
-
-# -- the engine, imported lazily ---------------------------------------------------------
-
-def engine(module: str):
-    """``core.<module>``, or None while it does not exist yet (other parts are written in parallel).
-
-    A module that exists but fails to import is shown as an error, not hidden.
-    """
-    name = f"core.{module}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name in (name, "core"):
-            return None
-        st.error(f"`{name}` could not be imported: {exc}")
-        return None
-    except Exception as exc:  # noqa: BLE001 - a broken engine module must not blank the page
-        st.error(f"`{name}` could not be imported: {type(exc).__name__}: {exc}")
-        return None
-
-
-def engine_function(module: str, function: str):
-    """``core.<module>.<function>`` or None when either is missing."""
-    mod = engine(module)
-    return getattr(mod, function, None) if mod else None
-
-
-def missing(what: str, shows: str) -> None:
-    """Say honestly that a part of the engine is not there yet, and what the page will show."""
-    st.info(f"`{what}` is not available in this build yet. When it is, this section shows {shows}.",
-            icon=":material/construction:")
+CURRENT_RUN = "ft.run"             # the run page 4 looks at; pages 5 and 6 pick it first
 
 
 @contextmanager
@@ -70,19 +41,63 @@ def user_errors():
 
 # -- cached loaders (once per process, shared by every session) ---------------------------
 
+def folder_signature(name: str) -> tuple:
+    """What changes when a model folder is rewritten: its files' names, sizes and modification times.
+
+    A run folder stands for its final/ (as in ``core.models.resolve``), which a resumed run that
+    finishes again writes anew. ``()`` for the embedded model and Hub ids, which do not change.
+    """
+    if name == EMBEDDED:
+        return ()
+    path = Path(name).expanduser()
+    if (path / "final").is_dir():
+        path = path / "final"
+    try:
+        if not path.is_dir():
+            return ()
+        files = [(f.name, f.stat()) for f in path.iterdir() if f.is_file()]
+        return (path.stat().st_mtime_ns,) + tuple(sorted((n, s.st_size, s.st_mtime_ns) for n, s in files))
+    except OSError:  # being rewritten right now: the load that follows reports it
+        return ()
+
+
+_signatures: dict[tuple[str, str], tuple] = {}  # (loader, name) -> the signature its cached entry was loaded at
+
+
+def _fresh(loader, name: str):
+    """``loader(name, signature)``: cached until the folder changes; the stale entry is dropped then."""
+    signature = folder_signature(name)
+    old = _signatures.get((loader.__name__, name))
+    if old is not None and old != signature:
+        loader.clear(name, old)
+    _signatures[(loader.__name__, name)] = signature
+    return loader(name, signature)
+
+
 @st.cache_resource(show_spinner="Loading the model (the first load of the embedded model converts it once)…")
-def load_model(name: str = EMBEDDED):
-    """``(model, tokenizer)`` from ``core.models.load_model``; a UserError is raised, not cached."""
+def _load_model(name: str, signature: tuple):
     from core.models import load_model as _load
 
     return _load(name)
 
 
 @st.cache_resource(show_spinner="Loading the tokenizer…")
-def load_tokenizer(name: str = EMBEDDED):
+def _load_tokenizer(name: str, signature: tuple):
     from core.models import load_tokenizer as _load
 
     return _load(name)
+
+
+def load_model(name: str = EMBEDDED):
+    """``(model, tokenizer)`` from ``core.models.load_model``, loaded once per version of the folder.
+
+    A UserError is raised, not cached.
+    """
+    return _fresh(_load_model, name)
+
+
+def load_tokenizer(name: str = EMBEDDED):
+    return _fresh(_load_tokenizer, name)
 
 
 @st.cache_resource(show_spinner=False)
@@ -110,6 +125,38 @@ def loaded_model():
         return load_model(st.session_state[MODEL_NAME])
     except Exception:  # noqa: BLE001 - page 1 shows the error; other pages just go without
         return None
+
+
+def planned_config() -> dict:
+    """The run as lesson 3 set it up (a plain dict); if it was skipped, the engine's defaults with
+    the choices of lessons 1 and 2 (model, data, max_length, train_on_prompt)."""
+    if RUN_CONFIG in st.session_state:
+        return st.session_state[RUN_CONFIG]
+    from core.config import RunConfig
+
+    raw = RunConfig().to_dict()
+    raw["model"] = current_model_name()
+    if DATA in st.session_state:
+        raw["data"].update(st.session_state[DATA])
+    for key in ("max_length", "train_on_prompt"):
+        if f"data_{key}" in st.session_state:
+            raw[key] = st.session_state[f"data_{key}"]
+    return raw
+
+
+def finished_runs() -> list[dict]:
+    """Runs (newest first) that finished with a trained model in their final/ folder."""
+    from core import runs
+
+    return [r for r in runs.list_runs() if r.get("state") == "finished" and (Path(r["run_dir"]) / "final").is_dir()]
+
+
+def pick_finished_run(finished: list[dict], label: str, key: str, help: str, none_option: str | None = None):
+    """A select box over ``finished`` (lesson 4's run first); the chosen run's folder, or None for ``none_option``."""
+    ids = [r["run_id"] for r in finished] + ([none_option] if none_option else [])
+    preferred = st.session_state.get(CURRENT_RUN)
+    chosen = st.selectbox(label, ids, index=ids.index(preferred) if preferred in ids else 0, key=key, help=help)
+    return next((Path(r["run_dir"]) for r in finished if r["run_id"] == chosen), None)
 
 
 @st.cache_data(show_spinner=False, ttl=60)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from core import evaluate as ev
+from core import runs
 from dashboard import charts, common, lessons
 
 st.title("6 · Evaluate")
@@ -15,14 +17,9 @@ st.markdown(
     "so you can tell learning from luck."
 )
 
-ev = common.engine("evaluate")
-runs = common.engine("runs")
-if ev is None or runs is None:
-    common.missing("core.evaluate.compare", "base vs tuned scores per evaluator, and the answers side by side")
-    st.stop()
 common.lesson_box(lessons.HELDOUT)
 
-finished = [r for r in runs.list_runs() if r.get("state") == "finished" and (Path(r["run_dir"]) / "final").is_dir()]
+finished = common.finished_runs()
 if not finished:
     st.info("No finished run yet: train one on **4 · Fine-tune** (a few steps are enough to try this page).",
             icon=":material/model_training:")
@@ -38,11 +35,8 @@ with st.container(border=True):
     st.subheader("What to measure")
     left, right = st.columns(2, gap="large")
     with left:
-        ids = [r["run_id"] for r in finished]
-        preferred = st.session_state.get("ft.run")
-        run_id = st.selectbox("Fine-tuned run", ids, index=ids.index(preferred) if preferred in ids else 0,
-                              key="eval.run", help="Its final/ model is compared with the model it started from.")
-        run_dir = Path(next(r["run_dir"] for r in finished if r["run_id"] == run_id))
+        run_dir = common.pick_finished_run(finished, "Fine-tuned run", key="eval.run",
+                                           help="Its final/ model is compared with the model it started from.")
         data_path = st.text_input("Held-out file", DEFAULT_DATA, key="eval.data",
                                   help="Examples the model never trained on, in any format a data plugin reads. "
                                        "The lesson set's held-out file is the default.")

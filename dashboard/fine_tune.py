@@ -5,6 +5,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from core import runs, train
+from core.config import CONFIG_DOCS, RunConfig
 from dashboard import charts, common, lessons
 
 st.title("4 · Fine-tune")
@@ -15,15 +17,6 @@ st.markdown(
     "The run's name is in the address bar: reload the page, or open it in a second tab, and it reattaches."
 )
 
-runs = common.engine("runs")
-config_mod = common.engine("config")
-train_fn = common.engine_function("train", "train")
-if runs is None or config_mod is None or train_fn is None:
-    common.missing("core.train / core.runs", "a Start button, the live loss curves, and Stop / Resume")
-    st.stop()
-RunConfig = config_mod.RunConfig
-
-RUN_KEY = "ft.run"  # the run this session looks at (the address bar's ?run= wins)
 POLL_S = 2
 
 
@@ -36,16 +29,16 @@ def find_run(run_id: str | None) -> Path | None:
 
 
 def attach(run_dir: Path) -> None:
-    st.session_state[RUN_KEY] = run_dir.name
+    st.session_state[common.CURRENT_RUN] = run_dir.name
     st.query_params["run"] = run_dir.name
 
 
-wanted = st.query_params.get("run") or st.session_state.get(RUN_KEY)
+wanted = st.query_params.get("run") or st.session_state.get(common.CURRENT_RUN)  # the address bar's ?run= wins
 run_dir = find_run(wanted)
 if wanted and run_dir is None:
     st.warning(f"There is no run called `{wanted}` in `{runs.runs_root()}`. Start a new one below, or pick "
                "one from the list of runs.", icon=":material/search_off:")
-    st.session_state.pop(RUN_KEY, None)
+    st.session_state.pop(common.CURRENT_RUN, None)
 elif run_dir is not None:
     attach(run_dir)  # keep ?run= in the address bar, so a reload or a copied link reattaches
 
@@ -57,19 +50,7 @@ active = bool(status) and status["state"] in runs.ACTIVE
 
 
 # -- the settings this run will use --------------------------------------------------------------
-
-def planned_config() -> dict:
-    """Lesson 3's settings; the engine's defaults (with lessons 1 and 2's choices) if it was skipped."""
-    raw = st.session_state.get(common.RUN_CONFIG)
-    if raw is None:
-        raw = RunConfig().to_dict()
-        raw["model"] = common.current_model_name()
-        if common.DATA in st.session_state:
-            raw["data"].update(st.session_state[common.DATA])
-    return raw
-
-
-raw = planned_config()
+raw = common.planned_config()  # lesson 3's settings, or the defaults with lessons 1 and 2's choices
 with st.container(border=True):
     st.subheader("Start a run")
     left, right = st.columns([3, 2], gap="large")
@@ -90,12 +71,12 @@ with st.container(border=True):
         st.markdown("**A quick try first?** On a laptop CPU a step of the 135M model takes a few seconds. "
                     "These override lesson 3's values for this run only.")
         max_steps = st.number_input("max_steps (0 = use epochs)", 0, 1_000_000, int(raw["max_steps"]), step=10,
-                                    key="ft.max_steps", help=config_mod.CONFIG_DOCS["max_steps"][0])
+                                    key="ft.max_steps", help=CONFIG_DOCS["max_steps"][0])
         a, b = st.columns(2)
         max_length = a.number_input("max_length", 8, 32768, int(raw["max_length"]), step=64, key="ft.max_length",
-                                    help=config_mod.CONFIG_DOCS["max_length"][0])
+                                    help=CONFIG_DOCS["max_length"][0])
         batch_size = b.number_input("batch_size", 1, 4096, int(raw["batch_size"]), key="ft.batch_size",
-                                    help=config_mod.CONFIG_DOCS["batch_size"][0])
+                                    help=CONFIG_DOCS["batch_size"][0])
 
     start_col, stop_col, resume_col, _ = st.columns([1, 1, 1, 3])
     start = start_col.button("Start training", type="primary", icon=":material/play_arrow:", key="ft.start",
@@ -272,6 +253,6 @@ with st.expander("The training loop itself: `core.train.train`, top to bottom", 
     st.caption("This is the code the worker runs: data, model, then for each optimizer step a forward pass, the "
                "loss, a backward pass, gradient clipping, an AdamW step and the learning-rate schedule, and a "
                "metrics row — the points on the chart above.")
-    st.code(inspect.getsource(train_fn), language="python", line_numbers=True)
+    st.code(inspect.getsource(train.train), language="python", line_numbers=True)
 
 common.next_step("dashboard/generate.py", "Next: 5 · Generate")

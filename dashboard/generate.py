@@ -1,9 +1,9 @@
 """Lesson 5: talk to the model, before and after; see how a sampler picks the next token."""
 
-from pathlib import Path
-
 import streamlit as st
 
+from core import generate as gen
+from core import runs
 from dashboard import charts, common, lessons
 
 st.title("5 · Generate")
@@ -13,42 +13,30 @@ st.markdown(
     "model's next-token probabilities, and ask the base and the fine-tuned model the same question."
 )
 
-gen = common.engine("generate")
-runs = common.engine("runs")
-if gen is None or runs is None:
-    common.missing("core.generate", "the base and tuned answers side by side, each sampler's form, and the "
-                                    "next-token probabilities as a chart")
-    st.stop()
-
 # -- the two models --------------------------------------------------------------------------------
-finished = [r for r in runs.list_runs() if r.get("state") == "finished" and (Path(r["run_dir"]) / "final").is_dir()]
-finished_ids = [r["run_id"] for r in finished]
-NO_RUN = "(no tuned model: base only)"
+finished = common.finished_runs()
 with st.container(border=True):
     left, right = st.columns(2, gap="large")
     with left:
-        preferred = st.session_state.get("ft.run")
-        options = finished_ids + [NO_RUN]
-        chosen = st.selectbox("Fine-tuned model (a finished run)", options,
-                              index=options.index(preferred) if preferred in options else 0, key="gen.run",
-                              help="The run's final/ folder: the model your training produced.")
-        run = next((r for r in finished if r["run_id"] == chosen), None)
+        run_dir = common.pick_finished_run(finished, "Fine-tuned model (a finished run)", key="gen.run",
+                                           help="The run's final/ folder: the model your training produced.",
+                                           none_option="(no tuned model: base only)")
         if not finished:
             st.caption("No finished run yet: train one on **4 · Fine-tune**. Meanwhile, talk to the base model.")
     base_name = common.current_model_name()
-    if run is not None:
+    if run_dir is not None:
         with common.user_errors():
-            base_name = runs.load_config(run["run_dir"]).model  # the model this run started from
+            base_name = runs.load_config(run_dir).model  # the model this run started from
     with right:
-        st.markdown(f"**Base model:** `{base_name}`" + ("  \n(the model this run started from)" if run else ""))
-        if run is not None:
-            st.markdown(f"**Tuned model:** `{Path(run['run_dir']) / 'final'}`")
+        st.markdown(f"**Base model:** `{base_name}`" + ("  \n(the model this run started from)" if run_dir else ""))
+        if run_dir is not None:
+            st.markdown(f"**Tuned model:** `{run_dir / 'final'}`")
 
 models = {}
 with common.user_errors():
     models["base"] = common.load_model(base_name)
-    if run is not None:
-        models["tuned"] = common.load_model(str(Path(run["run_dir"]) / "final"))
+    if run_dir is not None:
+        models["tuned"] = common.load_model(str(run_dir / "final"))
 if "base" not in models:
     st.stop()
 

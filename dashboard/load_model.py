@@ -55,7 +55,8 @@ except Exception as exc:  # noqa: BLE001 - UserError (or an unexpected failure) 
     st.error(str(exc), icon=":material/error:")
     st.stop()
 
-from core.models import describe  # noqa: E402 - only once a model is there
+from core.generate import generate  # noqa: E402 - only once a model is there (they import torch)
+from core.models import describe  # noqa: E402
 
 info = describe(model, tokenizer)
 
@@ -120,27 +121,22 @@ with right:
 # -- a first answer ---------------------------------------------------------------------------
 st.header("Ask it something: the 'before' answer")
 common.lesson_box(lessons.BEFORE)
-generate = common.engine_function("generate", "generate")
-if generate is None:
-    common.missing("core.generate.generate", "the base model's greedy answer to your question, kept for the "
-                   "before/after comparison")
-else:
-    prompt = st.text_input("Question", "Explain photosynthesis to a 12-year-old in two sentences.", key="load.prompt")
-    max_new = st.slider("Longest answer (new tokens)", 16, 256, 96, step=16, key="load.max_new_tokens",
-                        help="Generation stops at the end-of-turn token or after this many tokens.")
-    asked = st.button("Ask the base model", icon=":material/chat:")
-    if asked or st.session_state.get(common.BEFORE_ANSWER) is not None:
-        st.markdown(f"**Q:** {prompt if asked else st.session_state.get('before_prompt', '')}")
-    if asked:
-        with common.user_errors(), st.chat_message("assistant"):
-            answer = st.write_stream(generate(model, tokenizer, prompt, sampler="greedy", max_new_tokens=max_new,
-                                              stream=True))
-            st.session_state[common.BEFORE_ANSWER] = answer if isinstance(answer, str) else "".join(map(str, answer))
-            st.session_state["before_prompt"] = prompt
-    elif st.session_state.get(common.BEFORE_ANSWER) is not None:
-        with st.chat_message("assistant"):
-            st.markdown(st.session_state[common.BEFORE_ANSWER] or "*(an empty answer)*")
-    if st.session_state.get(common.BEFORE_ANSWER) is not None:
-        st.caption("Kept as the *before* answer: lessons 5 and 6 put the fine-tuned model's answer next to it.")
+prompt = st.text_input("Question", "Explain photosynthesis to a 12-year-old in two sentences.", key="load.prompt")
+max_new = st.slider("Longest answer (new tokens)", 16, 256, 96, step=16, key="load.max_new_tokens",
+                    help="Generation stops at the end-of-turn token or after this many tokens.")
+asked = st.button("Ask the base model", icon=":material/chat:")
+if asked or st.session_state.get(common.BEFORE_ANSWER) is not None:
+    st.markdown(f"**Q:** {prompt if asked else st.session_state.get('before_prompt', '')}")
+if asked:
+    with common.user_errors(), st.chat_message("assistant"):
+        answer = st.write_stream(generate(model, tokenizer, prompt, sampler="greedy", max_new_tokens=max_new,
+                                          stream=True))
+        st.session_state[common.BEFORE_ANSWER] = answer if isinstance(answer, str) else "".join(map(str, answer))
+        st.session_state["before_prompt"] = prompt
+elif st.session_state.get(common.BEFORE_ANSWER) is not None:
+    with st.chat_message("assistant"):
+        st.markdown(st.session_state[common.BEFORE_ANSWER] or "*(an empty answer)*")
+if st.session_state.get(common.BEFORE_ANSWER) is not None:
+    st.caption("Kept as the *before* answer: lessons 5 and 6 put the fine-tuned model's answer next to it.")
 
 common.next_step("dashboard/prepare_data.py", "Next: 2 · Prepare data")

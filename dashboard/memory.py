@@ -4,6 +4,8 @@ import json
 
 import streamlit as st
 
+from core import memory
+from core.config import RunConfig
 from dashboard import charts, common, lessons, memory_view
 
 st.title("7 · Memory")
@@ -14,37 +16,32 @@ st.markdown(
 )
 common.lesson_box(lessons.MEMORY_ESTIMATE, expanded=True)
 
-memory = common.engine("memory")
-if memory is None or not hasattr(memory, "estimate"):
-    common.missing("core.memory", "the memory estimate for the loaded model, what each trick saves, a measured "
-                   "training step and the out-of-memory ladder")
-    st.stop()
-
-config_mod = common.engine("config")
-cfg = st.session_state.get(common.RUN_CONFIG) or (config_mod.RunConfig().to_dict() if config_mod else {})
+cfg = common.planned_config()
 model_name = common.current_model_name()
 
 # -- this set-up -------------------------------------------------------------------------------
 st.header("Your set-up")
 with st.container(border=True):
     c = st.columns(3) + st.columns(3)
-    method = c[0].segmented_control("method", ["full", "lora"], default=cfg.get("method", "full"), key="mem.method") \
-        or "full"
+    method = c[0].segmented_control("method", ["full", "lora"], default=cfg["method"], key="mem.method") or "full"
     precision = c[1].segmented_control("precision", ["fp32", "bf16", "fp16"],
-                                       default=memory_view.resolved_precision(cfg.get("precision", "auto")),
+                                       default=memory.resolve_precision(cfg["precision"]),
                                        key="mem.precision") or "fp32"
-    batch_size = c[3].select_slider("batch_size", [1, 2, 4, 8, 16, 32, 64], value=cfg.get("batch_size", 4)
-                                    if cfg.get("batch_size", 4) in (1, 2, 4, 8, 16, 32, 64) else 4, key="mem.batch_size")
-    max_length = c[4].select_slider("max_length", [64, 128, 256, 512, 1024, 2048, 4096],
-                                    value=cfg.get("max_length", 256) if cfg.get("max_length", 256) in
-                                    (64, 128, 256, 512, 1024, 2048, 4096) else 256, key="mem.max_length")
-    checkpointing = c[2].toggle("gradient_checkpointing", value=bool(cfg.get("gradient_checkpointing")),
+    BATCHES, LENGTHS = [1, 2, 4, 8, 16, 32, 64], [64, 128, 256, 512, 1024, 2048, 4096]
+    batch_size = c[3].select_slider("batch_size", BATCHES, value=cfg["batch_size"] if cfg["batch_size"] in BATCHES
+                                    else 4, key="mem.batch_size")
+    max_length = c[4].select_slider("max_length", LENGTHS, value=cfg["max_length"] if cfg["max_length"] in LENGTHS
+                                    else 256, key="mem.max_length")
+    checkpointing = c[2].toggle("gradient_checkpointing", value=bool(cfg["gradient_checkpointing"]),
                                 key="mem.checkpointing")
-    lora_r = (cfg.get("lora") or {}).get("r", 16)
+    lora_r = cfg["lora"]["r"]
     st.caption(f"Model: `{model_name}` (change it on lesson 1).")
 
-current = {"model": model_name, "method": method, "precision": precision, "batch_size": batch_size,
-           "max_length": max_length, "gradient_checkpointing": checkpointing, "lora": {"r": lora_r}}
+current = None
+with common.user_errors():
+    current = RunConfig.from_dict({**cfg, "model": model_name, "method": method, "precision": precision,
+                                   "batch_size": batch_size, "max_length": max_length,
+                                   "gradient_checkpointing": checkpointing})
 est = memory_view.estimate_section(current, key="mem")
 
 # -- what each trick saves -----------------------------------------------------------------------
@@ -52,8 +49,7 @@ st.header("What each trick saves")
 base = dict(model=model_name, method="full", precision="fp32", batch_size=batch_size, max_length=max_length,
             gradient_checkpointing=False, lora_r=lora_r)
 half = "bf16" if common.machine().get("bf16") else "fp16"
-optimised = dict(base, method="lora", gradient_checkpointing=True,
-                 precision=memory_view.resolved_precision("auto") if common.machine().get("gpu") else "fp32")
+optimised = dict(base, method="lora", gradient_checkpointing=True, precision=memory.resolve_precision("auto"))
 SETUPS = {
     "basic": base,
     "+ gradient checkpointing": dict(base, gradient_checkpointing=True),
@@ -85,28 +81,23 @@ with cols[1]:
 
 # -- measured ---------------------------------------------------------------------------------------
 st.header("Basic vs optimised: measured")
-measure_step = getattr(memory, "measure_step", None)
 optimised_label = list(SETUPS)[-1]
 measured = st.session_state.setdefault("memory_measured", {})
-if measure_step is None:
-    common.missing("core.memory.measure_step", "the peak memory and time of one real training step")
-else:
-    st.markdown("An estimate is a model of reality; a measurement is reality. This runs **one real training "
-                "step** of each set-up on this machine (a few seconds for the lesson model; longer for big models).")
-    if st.button("Measure a real step (basic and optimised)", icon=":material/speed:", type="primary"):
-        for label in ("basic", optimised_label):
-            s = SETUPS[label]
-            with common.user_errors(), st.spinner(f"One training step, {label}…"):
-                measured[label] = memory_view.call_supported(measure_step, s["model"], method=s["method"],
-                                                             precision=s["precision"], batch_size=s["batch_size"],
-                                                             max_length=s["max_length"],
-                                                             gradient_checkpointing=s["gradient_checkpointing"],
-                                                             lora_r=s["lora_r"])
-        basic_step = measured.get("basic") or {}
-        if basic_step.get("step_seconds"):
-            # The basic set-up's speed stands in for the run's, so lesson 3 can estimate time.
-            st.session_state[common.TOKENS_PER_S] = (basic_step["batch_size"] * basic_step["max_length"]
-                                                     / basic_step["step_seconds"])
+st.markdown("An estimate is a model of reality; a measurement is reality. This runs **one real training "
+            "step** of each set-up on this machine (a few seconds for the lesson model; longer for big models).")
+if st.button("Measure a real step (basic and optimised)", icon=":material/speed:", type="primary"):
+    for label in ("basic", optimised_label):
+        s = SETUPS[label]
+        with common.user_errors(), st.spinner(f"One training step, {label}…"):
+            measured[label] = memory.measure_step(s["model"], method=s["method"], precision=s["precision"],
+                                                  batch_size=s["batch_size"], max_length=s["max_length"],
+                                                  gradient_checkpointing=s["gradient_checkpointing"],
+                                                  lora_r=s["lora_r"])
+    basic_step = measured.get("basic") or {}
+    if basic_step.get("step_seconds"):
+        # The basic set-up's speed stands in for the run's, so lesson 3 can estimate time.
+        st.session_state[common.TOKENS_PER_S] = (basic_step["batch_size"] * basic_step["max_length"]
+                                                 / basic_step["step_seconds"])
 
 results_path = common.REPO / "docs" / "results.json"
 results = None
@@ -146,18 +137,15 @@ if measured:
 
 # -- when it does not fit -----------------------------------------------------------------------------
 st.header("When it does not fit: the out-of-memory ladder")
-oom_advice = getattr(memory, "oom_advice", None)
-if oom_advice is None:
-    common.missing("core.memory.oom_advice", "what to change, in order, when training runs out of memory")
-elif est:
+if est:
     available, where = memory_view.machine_available()
-    advice = oom_advice(est, available)
+    advice = memory.oom_advice(est, available)
     if advice:
         st.markdown(f"Your set-up is too big for this machine's {where}. Change, in this order:")
     else:
         st.success("Your set-up fits here: nothing to change.", icon=":material/check_circle:")
         st.markdown("Were it to meet a machine with only half the memory it needs, the ladder would be:")
-        advice = oom_advice(est, est["total"] // 2)
+        advice = memory.oom_advice(est, est["total"] // 2)
     st.markdown("\n".join(f"{i}. {step}" for i, step in enumerate(advice, 1)))
     st.caption("Climb one rung at a time, cheapest first: each rung costs a little speed or capacity. "
                "Each saving is re-estimated for this set-up.")

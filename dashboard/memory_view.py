@@ -1,70 +1,47 @@
 """The memory estimate as a chart with a verdict: shared by lesson 3 (Set up) and lesson 7 (Memory).
 
-All numbers come from ``core.memory``; this module only chooses what to ask and how to show it.
+All numbers come from ``core.memory`` (and the time from ``core.train``); this module only chooses
+what to ask and how to show it.
 """
 
 from __future__ import annotations
 
-import inspect
-
 import streamlit as st
 
+from core import memory, train
+from core.config import RunConfig
 from dashboard import charts, common
 
 VERDICT_STYLE = {"fits": (st.success, ":material/check_circle:"), "tight": (st.warning, ":material/warning:")}
 
 
-def call_supported(fn, *args, **kwargs):
-    """Call ``fn`` with the keyword arguments it accepts (core.memory grows options over time)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return fn(*args, **kwargs)
-    return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
-
-
-def resolved_precision(precision: str) -> str:
-    """'auto' as this machine resolves it (core.memory.resolve_precision)."""
-    resolve = common.engine_function("memory", "resolve_precision") or common.engine_function("train", "resolve_precision")
-    return resolve(precision) if resolve else (precision if precision != "auto" else "fp32")
-
-
-def settings_from_config(config) -> dict:
-    """The estimate's inputs from a RunConfig (object or dict)."""
-    get = (lambda k: config[k]) if isinstance(config, dict) else (lambda k: getattr(config, k))
-    lora = get("lora")
-    lora_r = lora["r"] if isinstance(lora, dict) else lora.r
-    return {"model": get("model"), "method": get("method"), "precision": resolved_precision(get("precision")),
-            "batch_size": get("batch_size"), "max_length": get("max_length"),
-            "gradient_checkpointing": get("gradient_checkpointing"), "lora_r": lora_r}
+def settings_from_config(cfg: RunConfig) -> dict:
+    """The estimate's inputs from a RunConfig, with 'auto' precision as this machine resolves it."""
+    return {"model": cfg.model, "method": cfg.method, "precision": memory.resolve_precision(cfg.precision),
+            "batch_size": cfg.batch_size, "max_length": cfg.max_length,
+            "gradient_checkpointing": cfg.gradient_checkpointing, "lora_r": cfg.lora.r}
 
 
 @st.cache_data(show_spinner="Estimating memory…", max_entries=200)
 def estimate(model: str, method: str, precision: str, batch_size: int, max_length: int,
              gradient_checkpointing: bool, lora_r: int) -> dict:
-    memory = common.engine("memory")
-    return call_supported(memory.estimate, model, method=method, precision=precision, batch_size=batch_size,
-                          max_length=max_length, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r)
+    return memory.estimate(model, method=method, precision=precision, batch_size=batch_size, max_length=max_length,
+                           gradient_checkpointing=gradient_checkpointing, lora_r=lora_r)
 
 
 def machine_available() -> tuple[float | None, str]:
     """(bytes available for training, where): the GPU's memory when there is one, else free RAM."""
-    memory = common.engine("memory")
     info = memory.machine_memory()
     if info.get("cuda"):
         return info.get("gpu_total"), f"GPU memory ({info.get('gpu_name', 'GPU')})"
     return info.get("ram_available") or info.get("ram_total"), "free RAM"
 
 
-def estimate_section(config, key: str) -> dict | None:
+def estimate_section(cfg: RunConfig | None, key: str) -> dict | None:
     """Stacked bar of the estimate against this machine, the verdict, and the estimated time."""
-    memory = common.engine("memory")
-    if memory is None or not hasattr(memory, "estimate"):
-        common.missing("core.memory.estimate", "the memory this run needs (weights, gradients, optimizer, "
-                       "activations, logits) against this machine's memory, marked fits / tight / won't fit")
+    if cfg is None:
         return None
-    if config is None:
-        return None
-    settings = settings_from_config(config)
+    settings = settings_from_config(cfg)
     est = None
     with common.user_errors():
         est = estimate(**settings)
@@ -76,21 +53,20 @@ def estimate_section(config, key: str) -> dict | None:
     show, icon = VERDICT_STYLE.get(verdict, (st.error, ":material/dangerous:"))
     show(f"**{verdict or 'unknown'}**: about {common.human_bytes(est['total'])} at the peak, "
          f"{common.human_bytes(available)} of {where} here ({settings['precision']}).", icon=icon)
-    time_estimate(config, est)
+    time_estimate(cfg)
     return est
 
 
-def time_estimate(config, est: dict) -> None:
-    """Time from a measured speed when one is known (lesson 7's measured step, or a finished run)."""
+def time_estimate(cfg: RunConfig) -> None:
+    """Time from a measured speed when one is known (lesson 7's measured step), for lesson 3's data size."""
     tokens_per_s = st.session_state.get(common.TOKENS_PER_S)
-    steps = st.session_state.get("total_steps")
-    median = st.session_state.get("data_median_tokens")
-    if not tokens_per_s or not steps or not median:
+    n_train = st.session_state.get(common.N_TRAIN)
+    median = st.session_state.get(common.DATA_MEDIAN_TOKENS)
+    if not tokens_per_s or not n_train or not median:
         st.caption("Estimated time: **unknown** until a training step has been measured on this machine "
                    "(lesson 7: *Measure a real step*) and the data checked (lesson 2).")
         return
-    get = (lambda k: config[k]) if isinstance(config, dict) else (lambda k: getattr(config, k))
-    tokens = steps * get("batch_size") * get("grad_accum") * median  # tokens the run will process
-    st.caption(f"Estimated time: **{common.human_seconds(tokens / tokens_per_s)}** — {steps} steps × "
-               f"{get('batch_size') * get('grad_accum')} examples × ~{median:.0f} tokens at the measured "
+    seconds = train.estimate_seconds(cfg, n_train, median, tokens_per_s)
+    st.caption(f"Estimated time: **{common.human_seconds(seconds)}** — {cfg.total_steps(n_train)} steps × "
+               f"{cfg.batch_size * cfg.grad_accum} examples × ~{median:.0f} tokens at the measured "
                f"{tokens_per_s:,.0f} tokens/s.")

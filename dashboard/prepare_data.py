@@ -7,6 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from core import data as data_mod
+from core.config import RunConfig
 from dashboard import charts, common, lessons
 
 st.title("2 · Prepare data")
@@ -18,11 +20,6 @@ st.markdown(
 LESSON_SET = common.REPO / "data" / "science_tutor_train.alpaca.json"
 REAL_WORLD = common.REPO.parent / "shared" / "real-world"
 UPLOADS = common.REPO / "runs" / "uploads"
-
-data_mod = common.engine("data")
-if data_mod is None:
-    common.missing("core.data", "the format detection, the validation report, token lengths and the masked example")
-    st.stop()
 
 
 def safe_upload_path(name: str, content: bytes) -> Path:
@@ -49,13 +46,9 @@ sources = ["The lesson set: a science tutor"] + (["A real-world sample"] if real
 source = st.radio("Source", sources, horizontal=True, key="data.source")
 path = None
 if source.startswith("The lesson set"):
-    if LESSON_SET.is_file():
-        path = LESSON_SET
-        st.caption("Questions a curious student asks, answered by a patient tutor, in the Alpaca format "
-                   "(instruction / input / output). The fine-tune teaches the model this tutor's voice.")
-    else:
-        st.info(f"The lesson set `{shown_path(LESSON_SET)}` is not in this build yet; pick a real-world sample "
-                "or upload a file.", icon=":material/construction:")
+    path = LESSON_SET
+    st.caption("Questions a curious student asks, answered by a patient tutor, in the Alpaca format "
+               "(instruction / input / output). The fine-tune teaches the model this tutor's voice.")
 elif source.startswith("A real-world"):
     chosen = st.selectbox("Sample", [p.name for p in real_world], key="data.real_world",
                           help="Files in the shapes real fine-tuning users bring, from the LLaMA-Factory repository.")
@@ -95,9 +88,7 @@ right.markdown(f"**{fmt_name}** — {fmt.description}  \n"
 params = common.param_form(fmt.params, key=f"data.params.{fmt_name}", container=right) if fmt.params else {}
 
 config = st.session_state.get(common.RUN_CONFIG) or {}
-config_mod = common.engine("config")
-base_max = config_mod.RunConfig().max_length if config_mod else 256
-default_max = int(config.get("max_length") or st.session_state.get("data_max_length") or base_max)
+default_max = int(config.get("max_length") or st.session_state.get("data_max_length") or RunConfig().max_length)
 LENGTH_CHOICES = sorted({64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, default_max})
 max_length = st.select_slider("max_length (tokens)", LENGTH_CHOICES, value=default_max, key="data.max_length",
                               help="Longest example in tokens; longer conversations are truncated. Also set on lesson 3.")
@@ -130,8 +121,8 @@ if report is None:
 
 st.header("Check it: the validation report")
 common.lesson_box(lessons.VALIDATION)
-if not report.get("ok", not report.get("errors")):
-    st.error(report.get("error") or "the file could not be read", icon=":material/error:")
+if not report["ok"]:
+    st.error(report["error"], icon=":material/error:")
     if report.get("errors"):
         st.dataframe(report["errors"], hide_index=True, width="stretch")
     st.stop()
@@ -211,8 +202,8 @@ st.caption(f"{len(encoded['input_ids'])} tokens: **{trained} trained** (green) a
 # -- remember the choice for the next pages ----------------------------------------------------
 choice = {"path": shown_path(path), "format": fmt_name, "params": params}
 st.session_state[common.DATA] = choice
-st.session_state["data_records"] = report["records"]
-st.session_state["data_median_tokens"] = lengths.get("median")
+st.session_state[common.DATA_RECORDS] = report["records"]
+st.session_state[common.DATA_MEDIAN_TOKENS] = lengths.get("median")
 if config:
     config.setdefault("data", {}).update(choice)
     config["max_length"], config["train_on_prompt"] = max_length, train_on_prompt

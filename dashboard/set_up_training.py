@@ -4,7 +4,10 @@ import shlex
 
 import streamlit as st
 
-from dashboard import charts, common, lessons
+from core import train
+from core.config import CONFIG_DOCS as DOCS
+from core.config import RunConfig
+from dashboard import charts, common, lessons, memory_view
 
 st.title("3 · Set up training")
 st.markdown(
@@ -13,24 +16,9 @@ st.markdown(
     "it will take. The result is a config file you can also run from a terminal."
 )
 
-config_mod = common.engine("config")
-if config_mod is None:
-    common.missing("core.config", "every training setting with its default and explanation")
-    st.stop()
-RunConfig, DOCS = config_mod.RunConfig, config_mod.CONFIG_DOCS
-
-# The config lives in session state as a plain dict; start from the engine's defaults and the
+# The config lives in session state as a plain dict; it starts from the engine's defaults and the
 # choices made on lessons 1 and 2.
-if common.RUN_CONFIG not in st.session_state:
-    start = RunConfig().to_dict()
-    start["model"] = common.current_model_name()
-    if common.DATA in st.session_state:
-        start["data"].update(st.session_state[common.DATA])
-    for key in ("max_length", "train_on_prompt"):
-        if f"data_{key}" in st.session_state:
-            start[key] = st.session_state[f"data_{key}"]
-    st.session_state[common.RUN_CONFIG] = start
-cfg = st.session_state[common.RUN_CONFIG]
+cfg = st.session_state[common.RUN_CONFIG] = common.planned_config()
 cfg["model"] = st.session_state.get(common.MODEL_NAME, cfg["model"])
 if common.DATA in st.session_state:
     cfg["data"].update(st.session_state[common.DATA])
@@ -132,28 +120,22 @@ with st.container(border=True):
         slide("weight_decay", 0.0, 0.3, 0.01)
         slide("max_grad_norm", 0.0, 5.0, 0.1)
     with right:
-        known = st.session_state.get("data_records")
+        known = st.session_state.get(common.DATA_RECORDS)
         n_examples = st.number_input("Examples in the data set", 1, 10_000_000, int(known or 300), key="cfg.n_examples",
                                      help="Counted on lesson 2; change it to see how the schedule stretches.")
         if not known:
             st.caption("Not counted yet: check the data on lesson 2 for the real number.")
         n_train = max(1, n_examples - round(n_examples * cfg["data"]["val_fraction"]))
+        st.session_state[common.N_TRAIN] = n_train
         config_obj = None
         with common.user_errors():
             config_obj = RunConfig.from_dict(cfg)
-        lr_schedule = common.engine_function("train", "lr_schedule")
-        if config_obj is not None:
             total_steps = config_obj.total_steps(n_train)
-            st.session_state["total_steps"] = total_steps
-            if lr_schedule is None:
-                common.missing("core.train.lr_schedule", "the learning rate at every step")
-            else:
-                warmup_fn = common.engine_function("train", "warmup_steps")
-                warm = warmup_fn(config_obj, total_steps) if warmup_fn else None
-                st.plotly_chart(charts.lr_schedule_chart(lr_schedule(config_obj, total_steps), warm), width="stretch",
-                                key="cfg.lr_chart")
-                st.caption(f"{total_steps} optimizer steps for {n_train} training examples"
-                           + (f", {warm} of them warm-up." if warm else "."))
+            warm = train.warmup_steps(config_obj, total_steps)
+            st.plotly_chart(charts.lr_schedule_chart(train.lr_schedule(config_obj, total_steps), warm), width="stretch",
+                            key="cfg.lr_chart")
+            st.caption(f"{total_steps} optimizer steps for {n_train} training examples"
+                       + (f", {warm} of them warm-up." if warm else "."))
         common.lesson_box(lessons.SCHEDULE)
 
 # -- memory and speed ------------------------------------------------------------------------------
@@ -166,8 +148,8 @@ with st.container(border=True):
         common.lesson_box(lessons.PRECISION)
         common.lesson_box(lessons.CHECKPOINTING)
     with right:
-        from dashboard import memory_view  # noqa: E402 - shared with lesson 7
-
+        if config_obj is not None:  # again: precision and checkpointing on the left may have just changed
+            config_obj = RunConfig.from_dict(cfg)
         memory_view.estimate_section(config_obj, key="cfg")
 
 # -- bookkeeping --------------------------------------------------------------------------------------

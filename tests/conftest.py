@@ -36,6 +36,22 @@ def tiny_model(tmp_path_factory, embedded_dir):
     return models.make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.fixture(scope="session")
+def tiny(tiny_model):
+    """``(model, tokenizer)`` of the tiny random model, loaded once."""
+    from core.models import load_model
+
+    return load_model(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def registry():
+    """A registry with the built-in plugins only (no entry points, no plugins folder)."""
+    from core.registry import Registry
+
+    return Registry(load_external=False)
+
+
 @pytest.fixture
 def runs_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_RUNS_DIR", str(tmp_path / "runs"))

@@ -17,18 +17,6 @@ hookimpl = pluggy.HookimplMarker("tunelab")
 BUILTIN = ["perplexity", "exact_match", "rouge_l", "keyword_coverage"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model):
-    from core.models import load_model
-
-    return load_model(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return Registry(load_external=False)
-
-
 def sample(answer, reference, prompt="Question?"):
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reference}]
     return {"prompt": messages[:1], "reference": reference, "answer": answer, "messages": messages}

@@ -17,18 +17,6 @@ hookimpl = pluggy.HookimplMarker("tunelab")
 BUILTIN = ["greedy", "temperature", "top_k", "top_p", "min_p", "beam"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model):
-    from core.models import load_model
-
-    return load_model(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return Registry(load_external=False)
-
-
 class EndTurnAfter(LogitsProcessor):
     """Forces the end-of-turn token once ``n`` answer tokens exist: a tiny random model never stops by itself."""
 

@@ -19,6 +19,7 @@ PAGES = {
     "Go deeper": [
         st.Page("dashboard/memory.py", title="7 · Memory", icon=":material/memory:"),
         st.Page("dashboard/plugins.py", title="8 · Plugins", icon=":material/extension:"),
+        st.Page("dashboard/questions.py", title="Questions & glossary", icon=":material/quiz:"),
     ],
 }
 

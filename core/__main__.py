@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -128,15 +129,11 @@ def cmd_resume(args) -> int:
     status = runs.read_status(run_dir)
     if status["state"] == "finished":
         raise UserError(f"run {run_dir.name} has already finished; start a new run to train more")
-    if status["state"] in runs.ACTIVE and runs.pid_alive(status.get("pid")) and status.get("pid") != _own_pid():
+    # runs.launch records the worker's own pid before it starts: that one is us, not a rival
+    other = status.get("pid") not in (None, os.getpid())
+    if status["state"] in runs.ACTIVE and other and runs.pid_alive(status.get("pid")):
         raise UserError(f"run {run_dir.name} is still {status['state']} (pid {status['pid']})")
     return _run_training(runs.load_config(run_dir), run_dir, resume=True)
-
-
-def _own_pid():
-    import os
-
-    return os.getpid()
 
 
 def cmd_stop(args) -> int:
@@ -187,6 +184,9 @@ def cmd_eval(args) -> int:
     runs.read_status(run_dir)
     cfg = runs.load_config(run_dir)
     data_path = args.data or cfg.data.path
+    if not args.data:
+        print(f"note: scoring on the training file {data_path}; a model always looks better on what it "
+              "trained on. Pass --data with a held-out file for an honest score.", file=sys.stderr)
     evaluators = [e.strip() for e in args.evaluators.split(",")] if args.evaluators else None
     report = evaluate.evaluate_run(run_dir, data_path, evaluators=evaluators, sampler=args.sampler,
                                    limit=args.limit, max_new_tokens=args.max_new_tokens)

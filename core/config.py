@@ -75,23 +75,27 @@ class LoraConfig:
 
 @dataclass
 class RunConfig:
-    """One training run. Field names are the YAML keys (nested: ``data.*``, ``lora.*``)."""
+    """One training run. Field names are the YAML keys (nested: ``data.*``, ``lora.*``).
+
+    The defaults are the default lesson (configs/lesson.yaml), chosen from measured trials
+    recorded in docs/trials.md: full fine-tuning of the embedded model on the bundled set.
+    """
 
     model: str = "embedded"
     data: DataConfig = field(default_factory=DataConfig)
     method: str = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
     max_length: int = 256
-    epochs: float = 1.0
+    epochs: float = 2.0
     max_steps: int = 0
-    batch_size: int = 4
+    batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 5e-5
+    lr: float = 1e-4
     scheduler: str = "cosine"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    eval_every: int = 20
+    eval_every: int = 10
     save_every: int = 0
     log_every: int = 1
     seed: int = 0

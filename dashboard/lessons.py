@@ -320,3 +320,164 @@ METRIC_CHANGE = box(
     "unlike the training data.",
     "Reading only the mean; treating a metric's number as the truth without reading the two answers.",
 )
+
+# -- Questions & glossary: the best practices, two boxes lessons 3 and 6 lacked, and the glossary --------
+
+DATA_QUALITY = box(
+    "Data quality over quantity",
+    "A few hundred clean, consistent examples of exactly what you want beat thousands of mixed, sloppy ones. "
+    "Every answer in TuneLab's teaching set follows the same four-part house style, and each was checked.",
+    "The model copies whatever the data does — its format, its tone, its length and its mistakes. Fine-tuning "
+    "mostly teaches *how* to answer, and that is learned from a surprisingly small number of good examples.",
+    "Read twenty examples yourself before training. Check for duplicates, empty answers, answers that are cut "
+    "by `max_length`, and the same prompt in both the training and the held-out file (lesson 2 checks most of "
+    "these).",
+    "Scraping lots of data and never reading it; mixing styles (the model learns an average of them); "
+    "evaluating on prompts that were also in the training file.",
+)
+
+MEMORY_OPTIMISATION = box(
+    "Memory optimisation",
+    "A ladder of tricks, each shrinking one part of training memory: a smaller batch (with gradient "
+    "accumulation to keep the effective batch), a shorter `max_length`, gradient checkpointing, LoRA, and "
+    "16-bit mixed precision on a GPU.",
+    "Out-of-memory is the most common reason a first fine-tuning run fails, and it is predictable: estimate "
+    "before you train, measure one step, then start.",
+    "Try the rungs in order and re-estimate after each; stop at the first one that fits. Each one costs "
+    "something: speed (checkpointing), context (shorter sequences), or capacity (LoRA).",
+    "Reaching for a bigger machine first; lowering the batch size without raising `grad_accum` (which changes "
+    "the training, not just the memory); forgetting that other programs use the same RAM.",
+)
+
+LR_AND_BATCH = box(
+    "Finding the learning rate and batch size",
+    "The learning rate is how big each update is; the batch size is how many examples each update averages "
+    "over. They interact: a bigger effective batch gives steadier updates and tolerates a larger rate.",
+    "A learning rate that is too low wastes the run (the loss barely moves); too high breaks the model's "
+    "existing skills (the loss jumps or turns NaN). Nothing else matters as much.",
+    "Do short trial runs (set `max_steps` to 20–30) at rates a factor of 3 apart, inside the recommended range "
+    "for your method, and keep the one whose *validation* loss falls fastest without spikes. Pick the largest "
+    "batch that fits in memory, then use `grad_accum` to reach an effective batch of 8–64.",
+    "Using a LoRA rate for full fine-tuning (or the reverse); changing the batch size and the rate at the same "
+    "time; judging a rate by the first few steps of training loss alone.",
+)
+
+MEASURING = box(
+    "Measuring improvement",
+    "Score the base model and the tuned model on the same held-out prompts, with the same sampler and seed, "
+    "using several metrics — and read some of the answers side by side.",
+    "A fine-tuned model always looks good on its training examples. Only prompts it never saw show whether "
+    "it learned the skill; only a comparison with the base model shows what training added.",
+    "Choose metrics that match the goal: perplexity for 'does it expect answers like these', ROUGE-L and "
+    "keyword coverage for content, a format check (here: the house style) for style.",
+    "Measuring on the training file; reporting one lucky answer; comparing models decoded with different "
+    "samplers; trusting a small difference measured on a handful of prompts.",
+)
+
+EPOCHS_STEPS = box(
+    "Epochs and steps",
+    "An *epoch* is one pass over every training example. A *step* is one update of the weights, after "
+    "`batch_size × grad_accum` examples. Steps per epoch = training examples ÷ effective batch.",
+    "Together they decide how long training takes and how much the model changes. With a few hundred "
+    "examples, one to three epochs is usually enough.",
+    "The validation loss: while it falls, more training helps; when it turns up while the training loss "
+    "keeps falling, the model is memorising. `max_steps` (when above 0) overrides `epochs`, handy for quick "
+    "tries.",
+    "Many epochs on a small data set 'because the loss still falls'; comparing runs by epochs when their "
+    "effective batches differ (compare by examples seen instead).",
+)
+
+METRICS = box(
+    "Perplexity, ROUGE-L and keyword coverage",
+    "*Perplexity* says how surprised the model is by the reference answers: roughly, how many tokens it "
+    "hesitates between at each step (lower is better). *ROUGE-L* scores the longest run of words the model's "
+    "answer shares with the reference (0 to 1). *Keyword coverage* is the share of the reference's key terms "
+    "the answer mentions.",
+    "Perplexity needs no generation, so it is fast and stable; ROUGE-L and keywords judge what the model "
+    "actually writes. Together they catch different failures.",
+    "Perplexity can fall a lot while answers change little, and ROUGE-L rewards copying wording, not being "
+    "right. Read the answers too.",
+    "Comparing perplexities between models with different tokenizers (they count different tokens); "
+    "treating ROUGE-L as a measure of correctness.",
+)
+
+# One or two plain sentences per term, in alphabetical order (the Questions & glossary page and
+# docs/guide.md both show this list).
+GLOSSARY = {
+    "Activation": "An intermediate result inside the network, such as a layer's output. Training keeps many "
+                  "of them for the backward pass, and they grow with batch size × sequence length.",
+    "AdamW": "The usual optimizer for fine-tuning. It adapts the step size for each weight from running "
+             "averages of its gradients, and applies weight decay separately.",
+    "Batch": "The group of examples processed together in one forward and backward pass (`batch_size`).",
+    "Beam search": "A decoding method that keeps several candidate continuations at once and returns the most "
+                   "likely whole sequence. Good for short, factual answers; slower than greedy.",
+    "bf16": "Brain floating point, a 16-bit number format with the same range as fp32 but less precision. "
+            "Safe for training on recent GPUs (NVIDIA Ampere or newer) without loss scaling.",
+    "Chat template": "The model's recipe for turning a list of chat messages into one string with special "
+                     "markers around each turn. Train and generate with the same template.",
+    "Checkpoint": "A saved copy of the training state (weights, optimizer state, step) partway through a "
+                  "run, so it can be resumed or rolled back.",
+    "Effective batch": "`batch_size × grad_accum`: how many examples contribute to each weight update.",
+    "Epoch": "One complete pass over the training data.",
+    "Evaluation (held-out) set": "Examples kept out of training and used only to score the model, so the "
+                                 "score reflects new inputs rather than memory.",
+    "fp16": "Half precision: a 16-bit format with a small range. It needs a loss scaler during training so "
+            "that tiny gradients do not round to zero; works on older GPUs.",
+    "fp32": "Single precision, 32-bit numbers: 4 bytes per value. The default on CPUs, and the safest.",
+    "Full fine-tuning": "Training every weight of the model. The most capable option, and the most memory: "
+                        "gradients and AdamW's state add about three times the weights' size.",
+    "Gradient": "For each weight, the direction and size of the change that would lower the loss, computed "
+                "by the backward pass.",
+    "Gradient accumulation": "Adding up gradients over several batches before one update (`grad_accum`), to "
+                             "get the effect of a big batch with the memory of a small one.",
+    "Gradient checkpointing": "Saving memory by keeping only some activations and recomputing the rest "
+                              "during the backward pass. Costs extra time per step.",
+    "Greedy decoding": "Always picking the single most likely next token. Deterministic: the same prompt "
+                       "always gives the same answer.",
+    "Label masking": "Giving prompt tokens the label -100 so the loss ignores them; the model is trained "
+                     "only on the answer it should write.",
+    "Learning rate": "How big each weight update is. The most important setting: too low and nothing is "
+                     "learned, too high and the model breaks.",
+    "Logits": "The raw scores the model gives every token in its vocabulary before they are turned into "
+              "probabilities. For a big vocabulary they take a lot of memory.",
+    "LoRA": "Low-Rank Adaptation: freeze the model and train two small matrices beside some weight matrices. "
+            "Far fewer trainable parameters, so far less memory, and a small file to save.",
+    "Loss": "A number saying how wrong the model's next-token predictions are on a batch (cross-entropy). "
+            "Training tries to make it smaller.",
+    "max_length": "The longest sequence, in tokens, that training uses; longer examples are truncated "
+                  "(cut). Memory and time grow with it.",
+    "Mixed precision": "Keeping fp32 master weights but doing most of the maths in 16-bit (bf16 or fp16). "
+                       "Faster and lighter on GPUs; CPUs train in fp32.",
+    "Optimizer state": "The extra numbers the optimizer keeps per trainable weight; AdamW keeps two (8 bytes "
+                       "in fp32), twice the size of the weights themselves.",
+    "Out of memory (OOM)": "The error when training needs more RAM or GPU memory than the machine has. It "
+                           "usually happens on the first step and is predictable from the settings.",
+    "Overfitting": "When the model memorises its training examples instead of learning the skill: training "
+                   "loss keeps falling while validation loss rises.",
+    "Parameters (weights)": "The numbers inside the model that training adjusts. SmolLM2-135M has about 135 "
+                            "million of them.",
+    "Perplexity": "The exponential of the average loss on some text: roughly how many tokens the model is "
+                  "choosing between at each step. Lower means the text is less surprising to the model.",
+    "Rank (r)": "The inner size of LoRA's two small matrices. A higher rank means more trainable parameters "
+                "and more capacity; 8–32 is typical.",
+    "ROUGE-L": "A score from 0 to 1 for how much of the reference answer appears, in order, in the model's "
+               "answer (the longest common subsequence of words).",
+    "Sampler": "The rule that picks the next token from the model's probabilities: greedy, temperature, "
+               "top-k, top-p, beam search.",
+    "Scheduler": "The plan for how the learning rate changes during training, such as a warm-up then a "
+                 "cosine or linear decay to zero.",
+    "Step": "One update of the model's weights (one optimizer step).",
+    "Temperature": "Divides the logits before sampling: below 1 makes likely tokens more likely (safer, "
+                   "duller); above 1 flattens the distribution (more varied, more mistakes).",
+    "Token": "A piece of text — a word, part of a word, or punctuation — that the model reads and writes as "
+             "one unit with an integer id.",
+    "Tokenizer": "The program that cuts text into tokens and turns them into ids (and back again).",
+    "Top-k": "Sampling only among the k most likely tokens.",
+    "Top-p (nucleus)": "Sampling only among the most likely tokens whose probabilities add up to p (for "
+                       "example 0.9), so the choice widens when the model is unsure.",
+    "Validation set": "A slice of the training file (`val_fraction`) held back during training to measure "
+                      "the validation loss and spot overfitting.",
+    "Vocabulary": "The fixed list of all tokens a tokenizer knows; SmolLM2's has 49,152.",
+    "Warm-up": "The first few percent of steps, during which the learning rate climbs from zero to its peak, "
+               "so early noisy updates do not damage the pretrained weights.",
+}

@@ -251,3 +251,68 @@ def test_plugins_page_lists_builtins_with_locked_toggles():
     assert len(builtin_toggles) == 3 and all(t.disabled for t in builtin_toggles)
     assert "docs/plugins.md" in at.tabs[1].markdown[0].value
 
+
+
+# -- Questions & glossary ----------------------------------------------------------------------------
+
+# The shape scripts/lesson.py writes to docs/results.json (figures from a trial run of it).
+LESSON_RESULTS = {
+    "command": "python scripts/lesson.py", "date": "2026-11-28", "machine": {"description": "x86_64 CPU, 2 cores"},
+    "config": {"model": "embedded", "method": "lora", "lr": 1e-3, "epochs": 1.0, "batch_size": 8, "grad_accum": 1,
+               "max_length": 256, "scheduler": "cosine", "warmup_ratio": 0.05, "gradient_checkpointing": False},
+    "train": {"steps": 26, "records": 230, "train_examples": 207, "val_examples": 23, "truncated": 0, "dropped": 0,
+              "train_tokens": 34777},
+    "heldout": {"samples": 10},
+    "perplexity": {"base": 12.49, "tuned": 5.59, "change": -6.9, "relative_change": -0.553},
+    "rouge_l": {"base": 0.188, "tuned": 0.307, "change": 0.118, "relative_change": 0.628},
+    "keyword_coverage": {"base": 0.417, "tuned": 0.483, "change": 0.067, "relative_change": 0.16},
+    "house_style": {"base": 0.0, "tuned": 1.0, "change": 1.0},
+    "final_eval_loss": 1.803, "wall_s": {"train": 146.9, "evaluate": 41.6, "total": 188.4}, "tokens_per_s": 291.3,
+}
+QUESTIONS = ("Can I run this on my laptop?", "How long does training take?", "What if I get memory errors?",
+             "How much data do I need?")
+PRACTICES = ("Data quality over quantity", "Memory optimisation", "Finding the learning rate and batch size",
+             "Measuring improvement")
+
+
+def page_text(at) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def test_questions_page_answers_with_the_measured_figures(tmp_path, monkeypatch, embedded_dir):
+    from dashboard import lessons
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(LESSON_RESULTS), encoding="utf-8")
+    monkeypatch.setenv("TUNELAB_LESSON_RESULTS", str(results))
+    at = open_page("questions")
+    assert at.title[0].value == "Questions & glossary"
+    assert [t.label for t in at.tabs] == ["Beginner questions", "Best practices", "Glossary"]
+    subheaders = [s.value for s in at.subheader]
+    assert all(q in subheaders for q in QUESTIONS + PRACTICES + ("Glossary",)), subheaders
+    text = page_text(at)
+    assert "12.49 to 5.59" in text and "0% to 100%" in text  # perplexity and house style, read from the file
+    assert "291 tokens/s" in text and "207 examples" in text
+    assert not any("make lesson" in i.value for i in at.info)
+    # memory, estimated live for the embedded model: four set-ups x four batch sizes, and the OOM ladder
+    table = at.dataframe[0].value
+    assert len(table) == 4 and list(table.columns)[1:] == ["batch 1", "batch 4", "batch 8", "batch 16"]
+    assert "Turn on gradient checkpointing" in text
+    # the glossary: every term, then a filter
+    assert len(lessons.GLOSSARY) >= 30
+    glossary = next(m.value for m in at.markdown if "**Perplexity** —" in m.value)
+    assert all(f"**{term}** —" in glossary for term in lessons.GLOSSARY)
+    at.text_input(key="faq.glossary_filter").input("rank").run()
+    assert not at.exception
+    filtered = next(m.value for m in at.markdown if "**Rank (r)** —" in m.value)
+    assert "**Epoch** —" not in filtered
+
+
+def test_questions_page_without_results_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_LESSON_RESULTS", str(tmp_path / "missing.json"))
+    at = open_page("questions")
+    assert any("`make lesson`" in i.value for i in at.info)
+    subheaders = [s.value for s in at.subheader]
+    assert all(q in subheaders for q in QUESTIONS + ("Glossary",))
+    assert "tokens/s" not in page_text(at)  # no figures without the measured file
+    assert any("**LoRA** —" in m.value for m in at.markdown)

@@ -146,6 +146,15 @@ def test_stop_command_stops_a_running_worker(tiny_model, chat_file, tmp_path):
     assert status["state"] == "stopped", (run_dir / "log.txt").read_text()
     assert runs.latest_checkpoint(run_dir) is not None
 
+    # Resume as the dashboard's button does: a new worker process continues the same run
+    last = status["step"]
+    runs.write_atomic(run_dir / "config.yaml", config(tiny_model, chat_file, max_steps=last + 2, eval_every=0).to_yaml())
+    runs.launch(run_dir, resume=True)
+    while time.time() < deadline + 60 and runs.read_status(run_dir)["state"] in runs.ACTIVE:
+        time.sleep(0.2)
+    assert runs.read_status(run_dir)["state"] == "finished", (run_dir / "log.txt").read_text()
+    assert [r["step"] for r in losses(run_dir)] == list(range(1, last + 3))
+
 
 def test_lora_run_saves_an_adapter_that_peft_opens(tiny_model, chat_file, tmp_path):
     cfg = config(tiny_model, chat_file, method="lora", lr=1e-2, lora={"r": 4, "alpha": 8})

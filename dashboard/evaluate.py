@@ -18,6 +18,7 @@ st.markdown(
 )
 
 common.lesson_box(lessons.HELDOUT)
+common.lesson_box(lessons.METRICS)
 
 finished = common.finished_runs()
 if not finished:

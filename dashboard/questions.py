@@ -16,6 +16,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import memory
+from core.config import RunConfig
 from dashboard import common, lessons, memory_view
 
 RESULTS = Path(os.environ.get("TUNELAB_LESSON_RESULTS") or common.REPO / "docs" / "results.json")
@@ -58,7 +59,7 @@ def no_figures_note(short: bool = False) -> None:
         st.caption(f"This project's measured figures appear here once `{HOW_TO_MEASURE}` has written "
                    "`docs/results.json`.")
         return
-    st.info(f"No measured lesson figures yet. Run `{HOW_TO_MEASURE}` (about ten minutes on a 2-core CPU): it "
+    st.info(f"No measured lesson figures yet. Run `{HOW_TO_MEASURE}` (under ten minutes on a 2-core CPU): it "
             "trains the default lesson, evaluates base against tuned on the held-out set, and writes "
             f"`docs/results.json`, which this page reads.", icon=":material/science:")
 
@@ -80,10 +81,11 @@ else:
     no_figures_note()
 
 # -- live memory figures for the embedded model ----------------------------------------------------------------
-lesson_batch = int(get(results, "config", "batch_size", default=4) or 4)
-lesson_length = int(get(results, "config", "max_length", default=256) or 256)
-lesson_method = get(results, "config", "method", default="full") or "full"
-lesson_ckpt = bool(get(results, "config", "gradient_checkpointing", default=False))
+DEFAULTS = RunConfig()  # the engine's defaults, when there are no lesson figures to take the set-up from
+lesson_batch = int(get(results, "config", "batch_size", default=None) or DEFAULTS.batch_size)
+lesson_length = int(get(results, "config", "max_length", default=None) or DEFAULTS.max_length)
+lesson_method = get(results, "config", "method", default=None) or DEFAULTS.method
+lesson_ckpt = bool(get(results, "config", "gradient_checkpointing", default=DEFAULTS.gradient_checkpointing))
 SETUP_NAME = "The lesson's own set-up" if results else "The engine's default set-up"
 SETUPS = {  # label -> (method, gradient_checkpointing)
     "full fine-tuning": ("full", False),
@@ -270,8 +272,8 @@ with practices:
             f"**{c.get('method', '?')}** fine-tuning at lr **{c.get('lr', '?')}**, batch {c.get('batch_size', '?')} × "
             f"grad_accum {c.get('grad_accum', '?')}, {c.get('scheduler', '?')} schedule with "
             f"{num(c.get('warmup_ratio'), '{:.0%}')} warm-up, {num(c.get('epochs'), '{:g}')} epoch(s); its final "
-            f"validation loss was {num(results.get('final_eval_loss'), '{:.3f}')}. `docs/guide.md` lists the trials "
-            "it was chosen from."
+            f"validation loss was {num(results.get('final_eval_loss'), '{:.3f}')}. `docs/trials.md` records the "
+            "measured trials it was chosen from (full against LoRA, learning rates, epochs)."
         )
 
     st.subheader("Measuring improvement")

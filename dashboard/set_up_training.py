@@ -102,6 +102,7 @@ with st.container(border=True):
         slide("data.val_fraction", 0.0, 0.5, 0.01)
         number("epochs", 0.01, 100.0, 0.5)
         number("max_steps", 0, 1_000_000, 10)
+        common.lesson_box(lessons.EPOCHS_STEPS)
     with right:
         choose("batch_size", [1, 2, 4, 8, 16, 32, 64, 128])
         choose("grad_accum", [1, 2, 4, 8, 16, 32, 64])

@@ -56,6 +56,8 @@ PATH = [
      "Where memory goes in training, and what LoRA, checkpointing and precision save."),
     ("dashboard/plugins.py", "8 · Plugins", ":material/extension:",
      "Data formats, samplers and evaluators are plugins; add your own."),
+    ("dashboard/questions.py", "Questions & glossary", ":material/quiz:",
+     "Can I run this on my laptop? How long, how much data, what if memory runs out? With measured answers."),
 ]
 cols = st.columns(2)
 for i, (page, label, icon, blurb) in enumerate(PATH):

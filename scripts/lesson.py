@@ -71,7 +71,7 @@ def metric(report: dict, evaluator: str, key: str) -> dict:
     return out
 
 
-def write_markdown(results: dict, report: dict, path: Path) -> None:
+def write_markdown(results: dict, path: Path) -> None:
     p, s = results["perplexity"], results["house_style"]
     lines = [
         "# The default lesson: measured before and after",
@@ -102,7 +102,10 @@ def write_markdown(results: dict, report: dict, path: Path) -> None:
         if m.get("base") is None:
             lines.append(f"| {label} | - | - | not computed |")
             continue
-        change = f"{m['relative_change']:+.0%}" if "relative_change" in m else f"{m['change']:+.3f}"
+        if name == "house_style":  # a share of answers: the change is in percentage points
+            change = f"{m['change'] * 100:+.0f} points"
+        else:
+            change = f"{m['relative_change']:+.0%}" if "relative_change" in m else f"{m['change']:+.3f}"
         lines.append(f"| {label} | {fmt.format(m['base'])} | {fmt.format(m['tuned'])} | {change} |")
     lines += [
         "",
@@ -209,7 +212,7 @@ def main() -> int:
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     loss_curve_png(rows, out / "loss_curve.png", f"{cfg.method} fine-tuning, lr {cfg.lr:g}")
-    write_markdown(results, report, out / "results.md")
+    write_markdown(results, out / "results.md")
     print(json.dumps({k: results[k] for k in ("perplexity", "house_style", "rouge_l", "keyword_coverage",
                                                "wall_s", "tokens_per_s")}, indent=2))
     print(f"[lesson] wrote {out / 'results.md'}, results.json and loss_curve.png")

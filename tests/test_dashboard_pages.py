@@ -213,8 +213,9 @@ def test_set_up_training_schedule_memory_and_yaml(tiny_model):
     yaml_block = next(c.value for c in at.code if c.language == "yaml")
     assert "lr:" in yaml_block and "method: full" in yaml_block
     assert any("--set" in c.value or "python -m core train" in c.value for c in at.code if c.language == "bash")
-    # 300 examples, 10 % held out: 270 / batch 4 = 68 steps of 4 x 50 tokens at 1000 tokens/s
-    assert any(c.startswith("Estimated time: **14 s** — 68 steps") for c in captions(at)), captions(at)
+    # defaults: 300 examples, 10 % held out: 270 / batch 8 = 34 steps x 2 epochs = 68 steps
+    # of 8 x 50 tokens at 1000 tokens/s = 27 s
+    assert any(c.startswith("Estimated time: **27 s** — 68 steps") for c in captions(at)), captions(at)
 
     at.segmented_control(key="cfg.method").set_value("lora").run()
     assert not at.exception
@@ -229,7 +230,7 @@ def test_memory_page_compares_setups(tiny_model):
     assert comparison["data"][0]["x"][0] == "basic"
     assert any(b.label.startswith("Measure a real step") for b in at.button)
     assert at.dataframe  # the basic vs optimised table
-    assert any(c.startswith("Estimated time: **14 s** — 68 steps") for c in captions(at)), captions(at)
+    assert any(c.startswith("Estimated time: **27 s** — 68 steps") for c in captions(at)), captions(at)
 
 
 def test_memory_page_measures_a_real_step(tiny_model):

@@ -215,3 +215,18 @@ def test_bad_config_is_refused_before_any_model_loads(tmp_path, chat_file):
 def test_run_ids_are_safe_folder_names():
     assert runs.safe_run_id("../../etc/passwd ☃ My Run!").startswith("etc-passwd-my-run-")
     assert runs.safe_run_id("").startswith("run-")
+
+
+def test_out_of_memory_fails_with_the_ladder(tiny_model, chat_file, tmp_path, monkeypatch):
+    import torch
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", oom)
+    result = train.train(config(tiny_model, chat_file), tmp_path / "run")
+    assert result["state"] == "failed"
+    ladder = result["error"]
+    assert ladder.index("batch_size") < ladder.index("max_length") < ladder.index("gradient_checkpointing") \
+        < ladder.index("lora") < ladder.index("precision")
+    assert runs.read_status(tmp_path / "run")["error"] == ladder

@@ -49,6 +49,7 @@ def cmd_data_check(args) -> int:
     fmt = args.format
     if fmt:
         registry.get("data_formats", fmt)  # unknown format: clear error before any work
+    data.check_path(args.file)  # before the tokenizer: a wrong path should not wait for a model
     tokenizer = models.load_tokenizer(args.model) if not args.no_tokens else None
     report = data.check_file(args.file, fmt, _params(args.param), tokenizer, args.max_length, registry)
     if not report["ok"]:
@@ -81,7 +82,10 @@ def _echo_progress(total_steps_ref):
 
     def echo(row):
         nonlocal bar
-        print(json.dumps(row), flush=True)
+        try:
+            print(json.dumps(row), flush=True)
+        except BrokenPipeError:  # stdout piped into `head` and closed: training goes on
+            sys.stdout = open(os.devnull, "w")
         if sys.stderr.isatty() and "loss" in row:
             from tqdm import tqdm
 
@@ -102,11 +106,15 @@ def _run_training(cfg, run_dir: Path, resume: bool) -> int:
     def total():
         return runs.read_status(run_dir).get("total_steps")
 
+    status = runs.read_status(run_dir) if (run_dir / "status.json").exists() else {}
+    if status.get("pid") != os.getpid():
+        # not started by runs.launch (which clears it): a STOP file is left over from a killed run
+        (run_dir / "STOP").unlink(missing_ok=True)
     result = train.train(cfg, run_dir, resume=resume, echo=_echo_progress(total))
     print(f"[tunelab] run {run_dir}: {result['state']} at step {result['step']}"
           + (f" - {result['error']}" if result["error"] else ""), file=sys.stderr)
     if result["state"] == "failed":
-        return 1
+        return 2 if result["user_error"] else 1
     return 0
 
 
@@ -114,10 +122,13 @@ def cmd_train(args) -> int:
     from . import runs
     from .config import load_config
 
+    from .data import check_path
+
     cfg = load_config(args.config, args.set)
-    # Refuse a missing data file before any model loads.
-    if not Path(cfg.data.path).exists():
-        raise UserError(f"{args.config}: data.path {cfg.data.path} does not exist")
+    try:  # a missing or unusable data file is refused before any model loads
+        check_path(cfg.data.path)
+    except UserError as exc:
+        raise UserError(f"{args.config}: data.path: {exc}") from None
     run_dir = Path(args.run_dir) if args.run_dir else runs.create_run(cfg, Path(args.config).stem)
     return _run_training(cfg, run_dir, resume=False)
 
@@ -164,8 +175,9 @@ def cmd_status(args) -> int:
 def cmd_generate(args) -> int:
     from . import generate, models
 
-    model, tokenizer = models.load_model(args.model)
     params = _params(args.param)
+    generate.sampler_settings(args.sampler, params)  # an unknown sampler or bad value: before the model loads
+    model, tokenizer = models.load_model(args.model)
     if args.no_stream:
         print(generate.generate(model, tokenizer, args.prompt, args.sampler, params, args.max_new_tokens,
                                 seed=args.seed))
@@ -299,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "resume"):
+        from .train import install_stop_signals
+
+        install_stop_signals()
     try:
         return args.func(args)
     except UserError as exc:

@@ -155,8 +155,6 @@ class RunConfig:
                     raise UserError(f"{where}: {key} = {value} is out of range [{lo}, {hi}]")
         if not self.data.path:
             raise UserError(f"{where}: data.path is empty; point it at a training file")
-        if self.max_steps == 0 and self.epochs <= 0:
-            raise UserError(f"{where}: set epochs > 0 or max_steps > 0")
 
     def get(self, key: str):
         target = self
@@ -168,8 +166,11 @@ class RunConfig:
         """Optimizer steps for ``n_train`` examples (``max_steps`` wins when set)."""
         if self.max_steps:
             return self.max_steps
-        per_epoch = max(1, -(-n_train // self.batch_size) // self.grad_accum)
-        return max(1, round(per_epoch * self.epochs))
+        return max(1, round(self.steps_per_epoch(n_train) * self.epochs))
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        """Optimizer steps in one pass over ``n_train`` examples."""
+        return max(1, -(-n_train // self.batch_size) // self.grad_accum)
 
 
 def _flatten(raw: dict, prefix: str = "") -> dict:

@@ -27,7 +27,8 @@ IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
 SNIFF_BYTES = 64 * 1024
 
 
-def _check_path(path) -> Path:
+def check_path(path) -> Path:
+    """The path of a readable, non-empty data file, or a UserError saying what is wrong."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
@@ -41,8 +42,9 @@ def _check_path(path) -> Path:
 def detect_format(path, registry=None) -> str:
     """The first format (in plugin call order) whose ``sniff`` says yes."""
     registry = registry or get_registry()
-    path = _check_path(path)
-    head = path.open("rb").read(SNIFF_BYTES).decode("utf-8", errors="replace")
+    path = check_path(path)
+    with path.open("rb") as f:
+        head = f.read(SNIFF_BYTES).decode("utf-8", errors="replace")
     if path.stat().st_size <= SNIFF_BYTES:
         bare = head.lstrip("\ufeff").strip()
         if not bare:
@@ -69,7 +71,7 @@ def load_records(path, format: str | None = None, params: dict | None = None, re
     from .registry import resolve_params
 
     registry = registry or get_registry()
-    path = _check_path(path)
+    path = check_path(path)
     format = format or detect_format(path, registry)
     fmt = registry.get("data_formats", format)
     try:

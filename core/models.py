@@ -146,10 +146,17 @@ def load_tokenizer(name: str = EMBEDDED):
 
 
 def _adapter_base(where: str) -> str | None:
+    """The base model of a LoRA adapter folder (None for a full model)."""
     cfg = Path(where, "adapter_config.json")
-    if cfg.is_file():
-        return json.loads(cfg.read_text()).get("base_model_name_or_path")
-    return None
+    if not cfg.is_file():
+        return None
+    base = json.loads(cfg.read_text()).get("base_model_name_or_path")
+    recorded = Path(where, "tunelab.json")
+    if base and base.startswith("/") and not Path(base).exists() and recorded.is_file():
+        # peft records the base's absolute path; on another machine (or TUNELAB_HOME) use
+        # the name the run was trained from ("embedded", a Hub id) instead
+        return resolve(json.loads(recorded.read_text())["base_model"])
+    return base
 
 
 def load_model(name: str = EMBEDDED, dtype=None, device: str | None = None):

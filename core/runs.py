@@ -102,17 +102,30 @@ def pid_alive(pid) -> bool:
 
 
 def read_status(run_dir) -> dict:
-    """The run's status; an active run whose worker is gone is reported as failed (interrupted)."""
+    """The run's status as a reader should see it.
+
+    Only the worker writes ``state``; this adds what it cannot say itself: ``stopping``
+    while a STOP file waits for it, and ``failed`` when its process is gone (killed,
+    crashed) or never started.
+    """
     run_dir = Path(run_dir)
     status = _read_json(run_dir / "status.json")
     if status is None:
         raise UserError(f"{run_dir} is not a run folder (no status.json)")
-    if status.get("state") in ACTIVE and status.get("pid") and not pid_alive(status["pid"]):
-        status.update(state="failed", interrupted=True,
-                      error="interrupted: the worker process ended without finishing (killed or crashed). "
-                            "`python -m core resume RUN_DIR` continues from the last checkpoint.")
+    checkpoint = latest_checkpoint(run_dir)
+    if status.get("state") in ACTIVE:
+        pid = status.get("pid")
+        age = (dt.datetime.now() - dt.datetime.fromisoformat(status.get("updated_at", now()))).total_seconds()
+        if (pid and not pid_alive(pid)) or (not pid and age > 120):
+            where = (f"`python -m core resume {run_dir}` continues from the last checkpoint ({checkpoint.name})"
+                     if checkpoint else "no checkpoint was saved (set save_every to keep some), so "
+                     f"`python -m core resume {run_dir}` starts again from step 0")
+            why = "ended without finishing (killed or crashed)" if pid else "never started"
+            status.update(state="failed", interrupted=True, error=f"interrupted: the worker process {why}; {where}.")
+        elif status["state"] == "running" and (run_dir / "STOP").exists():
+            status["state"] = "stopping"
     status["run_id"] = run_dir.name
-    status["checkpoint"] = str(latest_checkpoint(run_dir) or "") or None
+    status["checkpoint"] = str(checkpoint) if checkpoint else None
     return status
 
 
@@ -155,9 +168,19 @@ def truncate_metrics(run_dir, after_step: int) -> None:
 
 
 def checkpoints(run_dir) -> list[Path]:
+    """Complete checkpoints (``step-N`` with its state file), oldest first."""
     folder = Path(run_dir) / "checkpoints"
-    found = [p for p in folder.glob("step-*") if (p / "trainer_state.json").is_file()]
+    found = [p for p in folder.glob("step-*") if re.fullmatch(r"step-\d+", p.name)
+             and (p / "trainer_state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def remove_partial_checkpoints(run_dir) -> None:
+    """Drop ``step-N.tmp`` folders a worker killed in the middle of saving left behind."""
+    import shutil
+
+    for partial in (Path(run_dir) / "checkpoints").glob("step-*.tmp"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir) -> Path | None:
@@ -181,10 +204,10 @@ def launch(run_dir, resume: bool = False) -> int:
     (run_dir / "STOP").unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "core", "resume" if resume else "train"]
     cmd += [str(run_dir)] if resume else [str(run_dir / "config.yaml"), "--run-dir", str(run_dir)]
-    log = (run_dir / "log.txt").open("a", encoding="utf-8")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env=env)
+    with (run_dir / "log.txt").open("a", encoding="utf-8") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     write_status(run_dir, state="queued", pid=proc.pid, error=None)
     return proc.pid
 
@@ -192,23 +215,32 @@ def launch(run_dir, resume: bool = False) -> int:
 def start(config, name: str | None = None, root=None) -> Path:
     """Create a run and launch its worker: what the Fine-tune page's Start button does."""
     run_dir = create_run(config, name, root)
-    launch(run_dir)
+    try:
+        launch(run_dir)
+    except OSError as exc:
+        write_status(run_dir, state="failed", error=f"could not start the worker: {exc}")
+        raise UserError(f"could not start the training worker: {exc}") from None
     return run_dir
 
 
 def request_stop(run_dir) -> None:
-    """Ask the worker to save a checkpoint and stop (it checks after every optimizer step)."""
+    """Ask the worker to save a checkpoint and stop (it checks after every optimizer step).
+
+    Only a STOP file and SIGTERM: the worker itself writes the final state, so a reader
+    never sees a stop request overwrite a run that has just finished.
+    """
     run_dir = Path(run_dir)
     status = read_status(run_dir)
     if status.get("state") not in ACTIVE:
         raise UserError(f"run {run_dir.name} is not running (state: {status.get('state')})")
+    if not pid_alive(status.get("pid")):  # queued, worker not started yet: nothing to wait for
+        write_status(run_dir, state="stopped")
+        return
     (run_dir / "STOP").write_text(now())
-    write_status(run_dir, state="stopping")
-    if status.get("pid"):
-        try:
-            os.kill(int(status["pid"]), signal.SIGTERM)
-        except OSError:
-            pass
+    try:
+        os.kill(int(status["pid"]), signal.SIGTERM)
+    except OSError:
+        pass
 
 
 def list_runs(root=None) -> list[dict]:

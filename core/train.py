@@ -144,7 +144,7 @@ def evaluate_loss(model, examples, cfg: RunConfig, pad_id: int, device) -> float
 
 
 # -- checkpoints -------------------------------------------------------------------------------
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, position: dict, keep: int = 1) -> Path:
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, position: dict) -> Path:
     """Trainable weights, optimizer, scheduler, RNG and data position: everything resume needs."""
     import torch
     from safetensors.torch import save_file
@@ -163,8 +163,9 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, position: dict, 
     (tmp / "trainer_state.json").write_text(json.dumps(position, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
-    for old in runs.checkpoints(run_dir)[:-keep]:  # full checkpoints are big: keep the latest only
-        shutil.rmtree(old, ignore_errors=True)
+    for old in runs.checkpoints(run_dir):  # full checkpoints are big: keep the one just saved only
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
@@ -201,21 +202,41 @@ def save_final(run_dir: Path, model, tokenizer, cfg: RunConfig) -> Path:
 
 
 # -- the loop ----------------------------------------------------------------------------------
+_signalled = False
+
+
+def install_stop_signals() -> None:
+    """SIGTERM (``stop``) and a first Ctrl-C ask for a checkpoint and a clean stop.
+
+    The CLI calls this before its heavy imports, so a stop requested while the worker
+    is still loading is not lost; a second Ctrl-C interrupts at once.
+    """
+    def on_signal(signum, _frame):
+        global _signalled
+        _signalled = True
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            print("\n[tunelab] stopping after this step (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
 class StopFlag:
-    """Set by SIGTERM or a STOP file; checked after every optimizer step."""
+    """True once a stop signal arrived or a STOP file exists; checked after every optimizer step."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.signalled = run_dir, False
-        try:
-            signal.signal(signal.SIGTERM, self._on_signal)
-        except ValueError:  # not the main thread (tests): the STOP file still works
-            pass
-
-    def _on_signal(self, *_):
-        self.signalled = True
+        self.run_dir = run_dir
 
     def __bool__(self):
-        return self.signalled or (self.run_dir / "STOP").exists()
+        return _signalled or (self.run_dir / "STOP").exists()
+
+
+def check_fresh(run_dir: Path) -> None:
+    """Refuse to train from scratch into a folder that holds a trained model or checkpoints."""
+    if (run_dir / "final").exists() or runs.checkpoints(run_dir):
+        raise UserError(f"{run_dir} already holds a trained run (final/ or checkpoints/); use "
+                        f"`python -m core resume {run_dir}` to continue it, or a new --run-dir")
 
 
 def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=None) -> dict:
@@ -228,7 +249,10 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
 
     run_dir = Path(run_dir)
     registry = registry or get_registry()
+    if not resume:
+        check_fresh(run_dir)
     runs.create_run(cfg, run_dir=run_dir)
+    runs.remove_partial_checkpoints(run_dir)  # a worker killed mid-save leaves step-N.tmp/
     runs.write_status(run_dir, state="running", pid=os.getpid(), error=None, started_at=runs.now())
     run = {"run_dir": str(run_dir), "config": cfg.to_dict(), "total_steps": None, "start_step": 0}
     plugin_errors = []
@@ -241,8 +265,9 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
             runs.write_status(run_dir, plugin_errors=plugin_errors[-20:])
         registry.call(name, on_error=on_error, run=run, **kwargs)
 
-    result = {"state": "failed", "step": 0, "error": None, "final_dir": None}
+    result = {"state": "failed", "step": 0, "error": None, "final_dir": None, "user_error": False}
     step = 0
+    stop = StopFlag(run_dir)
     try:
         precision = resolve_precision(cfg.precision)
         accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision))
@@ -254,7 +279,7 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
         prepared = data.prepare(cfg.data.path, tokenizer, cfg.max_length, cfg.data.format or None,
                                 cfg.data.params, cfg.data.val_fraction, cfg.seed, cfg.train_on_prompt, registry)
         total_steps = cfg.total_steps(len(prepared.train))
-        per_epoch = max(1, math.ceil(len(prepared.train) / cfg.batch_size) // cfg.grad_accum)
+        per_epoch = cfg.steps_per_epoch(len(prepared.train))
         run["total_steps"] = total_steps
         runs.write_status(run_dir, total_steps=total_steps, data=prepared.summary(), precision=precision)
 
@@ -276,11 +301,12 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
         hook("on_train_start")
 
         # 3. the loop
-        stop = StopFlag(run_dir)
         batches = micro_batches(prepared.train, cfg, pad_id, position["epoch"], position["batch_in_epoch"],
                                 accelerator.process_index, accelerator.num_processes)
         step, started = position["step"], time.time() - position["elapsed_s"]
-        while step < total_steps:
+        if stop and step < total_steps:  # asked to stop while loading: nothing new to save
+            result["state"] = "stopped"
+        while step < total_steps and result["state"] != "stopped":
             t0 = time.time()
             micro = [next(batches) for _ in range(cfg.grad_accum)]
             # Normalise by the trained tokens of the whole accumulated batch (not per micro-batch),
@@ -325,19 +351,20 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
                        "elapsed_s": round(time.time() - started, 2)}
                 _emit(run_dir, row, accelerator, echo)
                 hook("on_evaluate", metrics=row)
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+            stopping = bool(stop) and step < total_steps
+            if stopping or (cfg.save_every and step % cfg.save_every == 0 and step < total_steps):
                 _checkpoint(run_dir, accelerator, model, optimizer, scheduler, position)
-            if stop and step < total_steps:
-                _checkpoint(run_dir, accelerator, model, optimizer, scheduler, position)
+            if stopping:
                 result["state"] = "stopped"
-                break
-        else:
-            # 4. the end: the trained model, ready for from_pretrained
+        if result["state"] != "stopped":
+            # 4. the end: the trained model, ready for from_pretrained; checkpoints are no longer needed
             if accelerator.is_main_process:
                 result["final_dir"] = str(save_final(run_dir, accelerator.unwrap_model(model), tokenizer, cfg))
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             result["state"] = "finished"
     except UserError as exc:
         result["error"] = str(exc)
+        result["user_error"] = True
     except FloatingPointError as exc:
         result["error"] = str(exc)
     except torch.OutOfMemoryError:

@@ -171,7 +171,7 @@ def test_data_check_unknown_format_and_missing_file(env, chat_file, tmp_path):
     ("lr: [1\n", [], ["invalid YAML", "line"]),
     ("lr: 1e-4\n", ["lora.r=0"], ["lora.r = 0 is out of range"]),
     ("lr: 1e-4\n", ["nope=1"], ["unknown key 'nope'"]),
-    ("data:\n  path: does/not/exist.json\n", [], ["does/not/exist.json", "does not exist"]),
+    ("data:\n  path: does/not/exist.json\n", [], ["does/not/exist.json", "no such file"]),
 ])
 def test_train_bad_config_exits_2_fast(env, tmp_path, text, overrides, fragments):
     config = tmp_path / "run.yaml"

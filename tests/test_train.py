@@ -31,7 +31,15 @@ def losses(run_dir):
 
 def test_full_run_writes_rows_validation_and_a_final_model(tiny_model, chat_file, tmp_path):
     cfg = config(tiny_model, chat_file, save_every=3)
-    result = train.train(cfg, tmp_path / "run")
+    seen = []
+
+    class WatchCheckpoints:
+        @hookimpl
+        def on_log(self, run, metrics):
+            seen.append([p.name for p in runs.checkpoints(run["run_dir"])])
+
+    reg = Registry(load_external=False, extra_plugins=[(WatchCheckpoints(), "watch")])
+    result = train.train(cfg, tmp_path / "run", registry=reg)
     assert result["state"] == "finished" and result["error"] is None
     rows = runs.read_metrics(tmp_path / "run")
     steps = [r["step"] for r in rows if "loss" in r]
@@ -40,7 +48,8 @@ def test_full_run_writes_rows_validation_and_a_final_model(tiny_model, chat_file
         if "loss" in r:
             assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"} <= set(r)
     assert [r["step"] for r in rows if "eval_loss" in r] == [3, 6]
-    assert (tmp_path / "run" / "checkpoints" / "step-3" / "trainer_state.json").is_file()
+    assert seen[3] == ["step-3"]  # saved at step 3, there while training goes on
+    assert not (tmp_path / "run" / "checkpoints").exists()  # a finished run keeps final/, not checkpoints
     status = runs.read_status(tmp_path / "run")
     assert status["state"] == "finished" and status["step"] == 6 and status["total_steps"] == 6
 
@@ -230,3 +239,25 @@ def test_out_of_memory_fails_with_the_ladder(tiny_model, chat_file, tmp_path, mo
     assert ladder.index("batch_size") < ladder.index("max_length") < ladder.index("gradient_checkpointing") \
         < ladder.index("lora") < ladder.index("precision")
     assert runs.read_status(tmp_path / "run")["error"] == ladder
+
+
+def test_training_again_into_a_trained_run_folder_is_refused(tiny_model, chat_file, tmp_path):
+    cfg = config(tiny_model, chat_file, max_steps=2)
+    assert train.train(cfg, tmp_path / "run")["state"] == "finished"
+    with pytest.raises(UserError, match="already holds a trained run"):
+        train.train(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "final" / "config.json").is_file()  # nothing saved is lost
+
+
+def test_status_survives_a_half_saved_checkpoint_and_a_never_started_worker(tiny_model, chat_file, tmp_path):
+    import shutil
+
+    cfg = config(tiny_model, chat_file, max_steps=4)
+    reg = Registry(load_external=False, extra_plugins=[(StopAfter(2), "stopper")])
+    assert train.train(cfg, tmp_path / "run", registry=reg)["state"] == "stopped"
+    shutil.copytree(tmp_path / "run/checkpoints/step-2", tmp_path / "run/checkpoints/step-3.tmp")
+    assert runs.read_status(tmp_path / "run")["checkpoint"].endswith("step-2")
+
+    queued = runs.create_run(cfg, run_dir=tmp_path / "queued")
+    runs.request_stop(queued)  # no worker yet: stopped at once, not left 'stopping'
+    assert runs.read_status(queued)["state"] == "stopped"

@@ -296,7 +296,8 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
         if resume and runs.latest_checkpoint(run_dir):
             position = load_checkpoint(runs.latest_checkpoint(run_dir), accelerator.unwrap_model(model),
                                        optimizer, scheduler)
-        runs.truncate_metrics(run_dir, position["step"])  # rows past the checkpoint will be redone
+        if accelerator.is_main_process:
+            runs.truncate_metrics(run_dir, position["step"])  # rows past the checkpoint will be redone
         run["start_step"] = position["step"]
         hook("on_train_start")
 
@@ -334,7 +335,7 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
             position.update(step=step, epoch=epoch_index, batch_in_epoch=batch_index + 1,
                             elapsed_s=time.time() - started, tokens=position["tokens"] + seen)
 
-            if not math.isfinite(loss_sum):
+            if not math.isfinite(_any_process(accelerator, loss_sum, "sum")):
                 raise FloatingPointError(NAN_HELP.format(loss=loss_sum, step=step))
             if step % cfg.log_every == 0 or step == total_steps:
                 row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": round(loss_sum, 5),
@@ -343,7 +344,8 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
                        "elapsed_s": round(position["elapsed_s"], 2), "tokens": position["tokens"]}
                 _emit(run_dir, row, accelerator, echo)
                 hook("on_log", metrics=row)
-                runs.write_status(run_dir, step=step, elapsed_s=row["elapsed_s"])
+                if accelerator.is_main_process:
+                    runs.write_status(run_dir, step=step, elapsed_s=row["elapsed_s"])
             if prepared.val and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
                 eval_loss = evaluate_loss(model, prepared.val, cfg, pad_id, accelerator.device)
                 row = {"step": step, "epoch": round(step / per_epoch, 4), "eval_loss": round(eval_loss, 5),
@@ -351,7 +353,8 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
                        "elapsed_s": round(time.time() - started, 2)}
                 _emit(run_dir, row, accelerator, echo)
                 hook("on_evaluate", metrics=row)
-            stopping = bool(stop) and step < total_steps
+            # every process must agree, or one would wait forever for the others in the next step
+            stopping = _any_process(accelerator, float(bool(stop)), "max") > 0 and step < total_steps
             if stopping or (cfg.save_every and step % cfg.save_every == 0 and step < total_steps):
                 _checkpoint(run_dir, accelerator, model, optimizer, scheduler, position)
             if stopping:
@@ -390,6 +393,15 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
 def lr_schedule_at(cfg: RunConfig, total_steps: int, step: int) -> float:
     """The lr used by optimizer step ``step`` (0-based), as logged in ``metrics.jsonl``."""
     return cfg.lr * lr_factor(step, total_steps, warmup_steps(cfg, total_steps), cfg.scheduler)
+
+
+def _any_process(accelerator, value: float, how: str) -> float:
+    """``value`` combined over all processes of a multi-GPU run (itself on one process)."""
+    if accelerator.num_processes == 1:
+        return value
+    import torch
+
+    return accelerator.reduce(torch.tensor(value, device=accelerator.device), how).item()
 
 
 def _emit(run_dir: Path, row: dict, accelerator, echo) -> None:

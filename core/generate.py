@@ -83,21 +83,30 @@ def sampler_settings(sampler: str = "greedy", params: dict | None = None, regist
     return kwargs, list(extra(**values)) if extra else []
 
 
-def generate_arguments(model, tokenizer, prompt, sampler: str = "greedy", params: dict | None = None,
-                       max_new_tokens: int = 200, system: str | None = None, registry=None) -> dict:
-    """Everything :func:`generate` passes to ``model.generate`` (inputs included), for tests and the curious."""
+def decoding_arguments(tokenizer, sampler: str = "greedy", params: dict | None = None,
+                       max_new_tokens: int = 200, registry=None) -> dict:
+    """The sampler's ``model.generate`` arguments plus where to stop and how to pad.
+
+    Shared by one prompt (:func:`generate`) and a batch (:func:`generate_batch`).
+    pad: when the tokenizer has none, reuse EOS (most chat tokenizers already do: pad = eos).
+    """
     from transformers import LogitsProcessorList
 
     kwargs, extra = sampler_settings(sampler, params, registry)
-    input_ids = build_prompt(tokenizer, prompt, system).to(_device(model))
     stops = stop_token_ids(tokenizer)
-    # pad: when the tokenizer has none, reuse EOS (most chat tokenizers already do: pad = eos).
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else None)
+    return {**kwargs, "max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad,
+            "logits_processor": LogitsProcessorList(extra)}
+
+
+def generate_arguments(model, tokenizer, prompt, sampler: str = "greedy", params: dict | None = None,
+                       max_new_tokens: int = 200, system: str | None = None, registry=None) -> dict:
+    """Everything :func:`generate` passes to ``model.generate`` (inputs included), for tests and the curious."""
+    input_ids = build_prompt(tokenizer, prompt, system).to(_device(model))
     # The all-ones attention mask is passed so generate() never guesses it from pad ids: a guess
     # would hide every pad = EOS id inside the prompt (each earlier <|im_end|>) from the model.
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else None)
-    return {**kwargs, "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-            "max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad,
-            "logits_processor": LogitsProcessorList(extra)}
+    return {**decoding_arguments(tokenizer, sampler, params, max_new_tokens, registry),
+            "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
 def generate(model, tokenizer, prompt, sampler: str = "greedy", params: dict | None = None,
@@ -131,9 +140,8 @@ def generate_batch(model, tokenizer, prompts: list, sampler: str = "greedy", par
     every answer starts at the same position, and the attention mask hides the pads.
     ``progress(done, total)`` is called after each batch.
     """
-    kwargs, extra = sampler_settings(sampler, params, registry)
-    stops = stop_token_ids(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
+    kwargs = decoding_arguments(tokenizer, sampler, params, max_new_tokens, registry)
+    pad = kwargs["pad_token_id"] if kwargs["pad_token_id"] is not None else 0
     device = _device(model)
     answers = []
     for start in range(0, len(prompts), batch_size):
@@ -143,19 +151,11 @@ def generate_batch(model, tokenizer, prompts: list, sampler: str = "greedy", par
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
         torch.manual_seed(seed + start)
         with torch.no_grad():
-            output = model.generate(**kwargs, input_ids=input_ids, attention_mask=mask,
-                                    max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad,
-                                    logits_processor=_processor_list(extra))
+            output = model.generate(**kwargs, input_ids=input_ids, attention_mask=mask)
         answers += [tokenizer.decode(row[width:], skip_special_tokens=True) for row in output]
         if progress:
             progress(len(answers), len(prompts))
     return answers
-
-
-def _processor_list(extra):
-    from transformers import LogitsProcessorList
-
-    return LogitsProcessorList(extra)
 
 
 def _stream(model, tokenizer, kwargs: dict, seed: int):

@@ -502,6 +502,7 @@ def measure_step(model_name_or_model, method: str = "full", precision: str = "fp
         trainable += p.numel() if p.requires_grad else 0
     return {"peak_bytes": int(max(peaks)), "step_peaks": [int(p) for p in peaks],
             "step_seconds": times[-1], "step_times": times, "device": device,
+            "tokens_per_s": batch_size * max_length / times[-1],  # every sequence is max_length long here
             "how": "torch.cuda.max_memory_allocated" if device == "cuda" else "resident tensors + sampled RSS increase",
             "method": method, "precision": precision, "batch_size": batch_size, "max_length": max_length,
             "gradient_checkpointing": gradient_checkpointing, "lora_r": lora_r,

@@ -212,6 +212,7 @@ def describe(model, tokenizer) -> dict:
         "vocab_size": getattr(cfg, "vocab_size", None),
         "max_positions": getattr(cfg, "max_position_embeddings", None),
         "parameters": total,
+        "weight_bytes": sum(t.numel() * t.element_size() for t in {id(t): t for t in model.parameters()}.values()),
         "trainable_parameters": trainable,
         "dtype": str(p.dtype).replace("torch.", ""),
         "device": str(p.device),

@@ -60,10 +60,14 @@ def warmup_steps(cfg: RunConfig, total_steps: int) -> int:
     return math.ceil(cfg.warmup_ratio * total_steps)
 
 
+def lr_schedule_at(cfg: RunConfig, total_steps: int, step: int) -> float:
+    """The lr used by optimizer step ``step`` (0-based), as logged in ``metrics.jsonl``."""
+    return cfg.lr * lr_factor(step, total_steps, warmup_steps(cfg, total_steps), cfg.scheduler)
+
+
 def lr_schedule(cfg: RunConfig, total_steps: int) -> list[float]:
     """The learning rate used at each optimizer step: what the Set-up page charts."""
-    w = warmup_steps(cfg, total_steps)
-    return [cfg.lr * lr_factor(s, total_steps, w, cfg.scheduler) for s in range(total_steps)]
+    return [lr_schedule_at(cfg, total_steps, s) for s in range(total_steps)]
 
 
 # -- setting up --------------------------------------------------------------------------------
@@ -388,11 +392,6 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
                           finished_at=runs.now())
         hook("on_train_end", result=result)
     return result
-
-
-def lr_schedule_at(cfg: RunConfig, total_steps: int, step: int) -> float:
-    """The lr used by optimizer step ``step`` (0-based), as logged in ``metrics.jsonl``."""
-    return cfg.lr * lr_factor(step, total_steps, warmup_steps(cfg, total_steps), cfg.scheduler)
 
 
 def _any_process(accelerator, value: float, how: str) -> float:

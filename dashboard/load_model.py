@@ -76,9 +76,9 @@ row2[1].metric("Trainable", common.human_count(info["trainable_parameters"]),
                     "small trainable adapters instead.")
 row2[2].metric("dtype", info["dtype"], help="fp32 = 4 bytes per parameter; bf16/fp16 = 2.")
 row2[3].metric("Device", info["device"])
-bytes_per = 2 if info["dtype"] in ("bfloat16", "float16") else 4
+bytes_per = info["weight_bytes"] // max(1, info["parameters"])
 st.markdown(
-    f"The weights alone take **{common.human_bytes(info['parameters'] * bytes_per)}** "
+    f"The weights alone take **{common.human_bytes(info['weight_bytes'])}** "
     f"({info['parameters']:,} × {bytes_per} bytes). Each of the {info['layers']} layers turns every token into a "
     f"vector of {info['hidden_size']} numbers and refines it; the last step scores all "
     f"{info['vocab_size']:,} vocabulary entries to predict the next token."

@@ -94,10 +94,9 @@ if st.button("Measure a real step (basic and optimised)", icon=":material/speed:
                                                   gradient_checkpointing=s["gradient_checkpointing"],
                                                   lora_r=s["lora_r"])
     basic_step = measured.get("basic") or {}
-    if basic_step.get("step_seconds"):
+    if basic_step.get("tokens_per_s"):
         # The basic set-up's speed stands in for the run's, so lesson 3 can estimate time.
-        st.session_state[common.TOKENS_PER_S] = (basic_step["batch_size"] * basic_step["max_length"]
-                                                 / basic_step["step_seconds"])
+        st.session_state[common.TOKENS_PER_S] = basic_step["tokens_per_s"]
 
 results_path = common.REPO / "docs" / "results.json"
 results = None

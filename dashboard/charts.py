@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from core.runs import ema  # the smoothing the Fine-tune lesson reads its curves with
+
 # Memory parts, bottom to top, with one colour each (the same on every chart).
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "logits")
 MEMORY_COLOURS = {"weights": "#2f6fdb", "gradients": "#f59e0b", "optimizer": "#ef4444",
@@ -94,19 +96,6 @@ def memory_comparison(setups: dict[str, dict], available: float | None = None) -
 
 LOSS_COLOUR, VAL_COLOUR = "#2f6fdb", "#dc2626"
 RUN_COLOURS = ("#2f6fdb", "#dc2626", "#16a34a", "#d97706", "#8b5cf6", "#0891b2", "#db2777", "#4b5563")
-
-
-def ema(values: list[float], weight: float) -> list[float]:
-    """TensorBoard's smoothing: an exponential moving average, debiased so the start is not pulled to 0.
-
-    ``weight`` 0 = no smoothing, 0.99 = very smooth.
-    """
-    out, last, n = [], 0.0, 0
-    for v in values:
-        n += 1
-        last = last * weight + (1 - weight) * v
-        out.append(last / (1 - weight ** n) if weight < 1 else v)
-    return out
 
 
 def _xy(rows: list[dict], key: str) -> tuple[list, list]:

@@ -112,27 +112,26 @@ if resume and run_dir is not None:
 
 def reading(rows: list[dict]) -> list[tuple[str, str]]:
     """What the curves say so far, in words: (kind, message) for st.info / st.warning."""
-    loss = [r["loss"] for r in rows if r.get("loss") is not None]
-    val = [r["eval_loss"] for r in rows if r.get("eval_loss") is not None]
-    out = []
-    if len(loss) < 3:
+    signals = runs.curve_signals(rows)
+    if signals is None:
         return [("info", "Waiting for a few steps before reading the curves.")]
-    smooth = charts.ema(loss, 0.6)
-    if len(val) >= 2 and val[-1] > min(val) * 1.01 and smooth[-1] < smooth[len(smooth) // 2]:
+    out = []
+    if signals["overfitting"]:
         out.append(("warning", "**Overfitting?** The validation loss has turned up while the training loss still "
                                "falls: the model is starting to memorise. Fewer steps or epochs would do better."))
-    if len(loss) >= 10 and abs(smooth[-1] - smooth[2]) < 0.01 * abs(smooth[2]):
+    if signals["flat"]:
         out.append(("warning", "**A flat curve.** The loss has hardly moved: the learning rate may be too low "
                                "(try 10× higher on lesson 3)."))
-    spikes = [r["step"] for r, s in zip([r for r in rows if r.get("loss") is not None], smooth)
-              if r["loss"] > 1.5 * s and r["loss"] - s > 0.5]
+    spikes = signals["spikes"]
     if spikes:
         out.append(("info", f"Spikes at step{'s' if len(spikes) > 1 else ''} {', '.join(map(str, spikes[-5:]))}: "
                             "an unusual batch if the curve recovers; a learning rate too high if they grow."))
     if not out:
-        direction = "falling" if smooth[-1] < smooth[0] else "not falling"
-        out.append(("info", f"The smoothed training loss is {direction}: {smooth[0]:.3f} → {smooth[-1]:.3f}"
-                            + (f"; validation loss {val[0]:.3f} → {val[-1]:.3f}." if len(val) >= 2 else ".")))
+        first, last = signals["smoothed"]
+        val = signals["validation"]
+        out.append(("info", f"The smoothed training loss is {'falling' if last < first else 'not falling'}: "
+                            f"{first:.3f} → {last:.3f}"
+                            + (f"; validation loss {val[0]:.3f} → {val[1]:.3f}." if val else ".")))
     return out
 
 

@@ -261,3 +261,15 @@ def test_status_survives_a_half_saved_checkpoint_and_a_never_started_worker(tiny
     queued = runs.create_run(cfg, run_dir=tmp_path / "queued")
     runs.request_stop(queued)  # no worker yet: stopped at once, not left 'stopping'
     assert runs.read_status(queued)["state"] == "stopped"
+
+
+def test_curve_signals_name_overfitting_flat_curves_and_spikes():
+    assert runs.curve_signals([{"step": 1, "loss": 2.0}]) is None
+    falling = [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 13)]
+    val = [{"step": 4, "eval_loss": 2.0}, {"step": 8, "eval_loss": 1.8}, {"step": 12, "eval_loss": 2.2}]
+    signals = runs.curve_signals(falling + val)
+    assert signals["overfitting"] and not signals["flat"] and signals["spikes"] == []
+    flat = [{"step": s, "loss": 2.0} for s in range(1, 13)]
+    assert runs.curve_signals(flat)["flat"]
+    spiky = flat[:6] + [{"step": 7, "loss": 6.0}] + flat[7:]
+    assert runs.curve_signals(spiky)["spikes"] == [7]

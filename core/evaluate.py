@@ -122,12 +122,16 @@ def compare(base, tuned, samples: list[dict], progress=None, **kwargs) -> dict:
 
 def evaluate_run(run_dir, data_path=None, evaluators=None, sampler: str = "greedy", params: dict | None = None,
                  limit: int | None = None, max_new_tokens: int = 200, format: str | None = None,
-                 progress=None, registry=None, evaluator_params: dict | None = None) -> dict:
+                 progress=None, registry=None, evaluator_params: dict | None = None, loaded=None) -> dict:
     """Compare a run's base model with its fine-tuned ``final/`` and save ``eval/report.json``.
 
     ``data_path`` defaults to the run's training file: pass a held-out file for an
-    honest score (a model is always better on what it trained on). The CLI's ``eval``.
+    honest score (a model is always better on what it trained on). ``loaded`` is an
+    optional ``(base, tuned)`` pair of ``(model, tokenizer)`` already in memory (the
+    dashboard's cached models); otherwise both are loaded. The CLI's ``eval``.
     """
+    import datetime as dt
+
     from . import models, runs
 
     run_dir = Path(run_dir)
@@ -135,15 +139,16 @@ def evaluate_run(run_dir, data_path=None, evaluators=None, sampler: str = "greed
     if not (run_dir / "final").is_dir():
         raise UserError(f"{run_dir} has no final/ model yet: evaluate after training finishes "
                         f"(or resume it: python -m core resume {run_dir})")
-    same_file = data_path is None or Path(data_path) == Path(cfg.data.path)
+    same_file = data_path is None or Path(data_path).resolve() == Path(cfg.data.path).resolve()
     data_path = data_path or cfg.data.path
     samples = load_samples(data_path, format or (cfg.data.format if same_file else None) or None, limit,
                            params=cfg.data.params if same_file else None, registry=registry)
-    base, tuned = models.load_model(cfg.model), models.load_model(str(run_dir / "final"))
+    base, tuned = loaded or (models.load_model(cfg.model), models.load_model(str(run_dir / "final")))
     report = compare(base, tuned, samples, progress=progress, evaluators=evaluators, sampler=sampler,
                      params=params, max_new_tokens=max_new_tokens, max_length=cfg.max_length, registry=registry,
                      evaluator_params=evaluator_params)
     report["data"] = {"path": str(data_path), "training_file": same_file, "samples": len(samples)}
+    report["created_at"] = dt.datetime.now().isoformat(timespec="seconds")
     save_report(run_dir, report)
     return report
 

@@ -1,6 +1,5 @@
 """Lesson 6: measure base vs tuned on held-out examples with evaluator plugins."""
 
-import datetime as dt
 import math
 from pathlib import Path
 
@@ -81,18 +80,11 @@ if go:
 
     with common.user_errors():
         config = runs.load_config(run_dir)
-        path = resolve_data(data_path)
-        samples = ev.load_samples(path, limit=int(limit), registry=registry)
-        base = common.load_model(config.model)
-        tuned = common.load_model(str(run_dir / "final"))
-        report = ev.compare(base, tuned, samples, progress=progress, evaluators=chosen,
-                            evaluator_params=settings, max_new_tokens=max_new_tokens,
-                            max_length=config.max_length, registry=registry)
-        report["data"] = {"path": str(data_path), "training_file": path.resolve() == resolve_data(config.data.path).resolve(),
-                          "samples": len(samples)}
-        report["created_at"] = dt.datetime.now().isoformat(timespec="seconds")
-        ev.save_report(run_dir, report)
-        bar.progress(1.0, text=f"Done: {len(samples)} samples, saved to {run_dir / ev.REPORT}")
+        loaded = (common.load_model(config.model), common.load_model(str(run_dir / "final")))
+        report = ev.evaluate_run(run_dir, resolve_data(data_path), evaluators=chosen, limit=int(limit),
+                                 max_new_tokens=max_new_tokens, progress=progress, registry=registry,
+                                 evaluator_params=settings, loaded=loaded)
+        bar.progress(1.0, text=f"Done: {report['data']['samples']} samples, saved to {run_dir / ev.REPORT}")
 
 # -- the results -----------------------------------------------------------------------------------
 report = None

@@ -217,8 +217,7 @@ def cmd_memory(args) -> int:
     for part in ("weights", "gradients", "optimizer", "activations", "logits"):
         print(f"{part:<12} {memory.fmt_bytes(est[part]):>10}")
     print(f"{'peak total':<12} {memory.fmt_bytes(est['total']):>10}  (not the plain sum: see core/memory.py)")
-    machine = memory.machine_memory()
-    available, where = (machine["gpu_total"], machine["gpu_name"]) if machine["cuda"] else (machine["ram_available"], "free RAM")
+    available, where = memory.available_for_training()
     print(f"verdict: {memory.verdict(est['total'], available)} ({memory.fmt_bytes(available)} of {where})")
     for line in memory.oom_advice(est, available) if memory.verdict(est["total"], available) != "fits" else []:
         print(f"  - {line}")

@@ -296,6 +296,14 @@ def machine_memory() -> dict:
     return info
 
 
+def available_for_training() -> tuple[int, str]:
+    """(bytes training can use, where): the GPU's memory when there is one, else free RAM."""
+    info = machine_memory()
+    if info["cuda"]:
+        return info["gpu_total"], f"GPU memory ({info['gpu_name']})"
+    return info["ram_available"], "free RAM"
+
+
 def oom_advice(estimate_dict: dict, available_bytes: int) -> list[str]:
     """The out-of-memory ladder, in the order to try it, each step with what it saves *here*.
 

@@ -64,7 +64,7 @@ estimates = {}
 with common.user_errors():
     estimates = {label: memory_view.estimate(**s) for label, s in SETUPS.items()}
 if estimates:
-    available, where = memory_view.machine_available()
+    available, where = memory.available_for_training()
     st.plotly_chart(charts.memory_comparison(estimates, available), width="stretch", key="mem.comparison")
     basic_total = estimates["basic"]["total"]
     st.markdown("  \n".join(
@@ -137,7 +137,7 @@ if measured:
 # -- when it does not fit -----------------------------------------------------------------------------
 st.header("When it does not fit: the out-of-memory ladder")
 if est:
-    available, where = memory_view.machine_available()
+    available, where = memory.available_for_training()
     advice = memory.oom_advice(est, available)
     if advice:
         st.markdown(f"Your set-up is too big for this machine's {where}. Change, in this order:")

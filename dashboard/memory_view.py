@@ -29,14 +29,6 @@ def estimate(model: str, method: str, precision: str, batch_size: int, max_lengt
                            gradient_checkpointing=gradient_checkpointing, lora_r=lora_r)
 
 
-def machine_available() -> tuple[float | None, str]:
-    """(bytes available for training, where): the GPU's memory when there is one, else free RAM."""
-    info = memory.machine_memory()
-    if info.get("cuda"):
-        return info.get("gpu_total"), f"GPU memory ({info.get('gpu_name', 'GPU')})"
-    return info.get("ram_available") or info.get("ram_total"), "free RAM"
-
-
 def estimate_section(cfg: RunConfig | None, key: str) -> dict | None:
     """Stacked bar of the estimate against this machine, the verdict, and the estimated time."""
     if cfg is None:
@@ -47,7 +39,7 @@ def estimate_section(cfg: RunConfig | None, key: str) -> dict | None:
         est = estimate(**settings)
     if est is None:
         return None
-    available, where = machine_available()
+    available, where = memory.available_for_training()
     verdict = memory.verdict(est["total"], available) if available else None
     st.plotly_chart(charts.memory_bar(est, available, verdict), width="stretch", key=f"{key}.memory_chart")
     show, icon = VERDICT_STYLE.get(verdict, (st.error, ":material/dangerous:"))

@@ -109,7 +109,7 @@ def estimate(method: str, batch_size: int, max_length: int, checkpointing: bool)
 
 mem_ok = embedded_ready()
 machine = memory.machine_memory()
-available, where = memory_view.machine_available()
+available, where = memory.available_for_training()
 lesson_est = None
 if mem_ok:
     with common.user_errors():

@@ -279,7 +279,7 @@ def verdict(total_bytes: int, available_bytes: int) -> str:
 
 
 def machine_memory() -> dict:
-    """RAM (total, available) and, when there is one, the CUDA GPU's name and memory, in bytes."""
+    """RAM (total, available) and, when there is one, the GPU: name, memory in bytes, count, bf16 support."""
     import psutil
 
     vm = psutil.virtual_memory()
@@ -290,7 +290,10 @@ def machine_memory() -> dict:
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
             free, total = torch.cuda.mem_get_info(0)
-            info.update(cuda=True, gpu_name=props.name, gpu_total=total, gpu_available=free)
+            info.update(cuda=True, gpu_name=props.name, gpu_total=total, gpu_available=free,
+                        gpu_count=torch.cuda.device_count(), bf16=torch.cuda.is_bf16_supported())
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            info.update(gpu_name="Apple GPU (MPS)")
     except Exception:  # noqa: BLE001 - a broken CUDA set-up must not break the estimate page
         pass
     return info

@@ -161,36 +161,19 @@ def pick_finished_run(finished: list[dict], label: str, key: str, help: str, non
 
 @st.cache_data(show_spinner=False, ttl=60)
 def machine() -> dict:
-    """This machine: CPU cores, RAM, GPU (torch imported here, lazily)."""
-    import psutil
+    """This machine: CPU cores, RAM, GPU (core.memory.machine_memory; torch is imported there, lazily)."""
+    from core.memory import machine_memory
 
-    vm = psutil.virtual_memory()
-    info = {"cpu_cores": os.cpu_count() or 1, "ram_total": vm.total, "ram_available": vm.available,
-            "gpu": None, "gpu_memory": None, "bf16": False}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            info.update(gpu=props.name, gpu_memory=props.total_memory, gpu_count=torch.cuda.device_count(),
-                        bf16=torch.cuda.is_bf16_supported())
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            info.update(gpu="Apple GPU (MPS)")
-    except ImportError:
-        pass
-    return info
+    return {"cpu_cores": os.cpu_count() or 1, **machine_memory()}
 
 
 # -- formatting --------------------------------------------------------------------------
 
 def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
+    """``1.2 GiB`` (core.memory's format), or ``unknown``."""
+    from core.memory import fmt_bytes  # a light module: torch is imported only inside its functions
+
+    return "unknown" if n is None else fmt_bytes(n)
 
 
 def human_count(n: float | None) -> str:

@@ -72,12 +72,12 @@ a, b, c = st.columns(3)
 a.metric("CPU cores", info["cpu_cores"])
 b.metric("RAM", common.human_bytes(info["ram_total"]))
 b.caption(f"{common.human_bytes(info['ram_available'])} free now")
-if info["gpu"]:
-    c.metric("GPU", info["gpu"])
-    if info["gpu_memory"]:
-        c.caption(f"{common.human_bytes(info['gpu_memory'])} of GPU memory")
+if info.get("gpu_name"):
+    c.metric("GPU", info["gpu_name"])
+    if info.get("gpu_total"):
+        c.caption(f"{common.human_bytes(info['gpu_total'])} of GPU memory")
     st.success("A GPU is available: training takes seconds per epoch"
-               + (" (and bf16 mixed precision is supported)." if info["bf16"] else "."))
+               + (" (and bf16 mixed precision is supported)." if info.get("bf16") else "."))
 else:
     c.metric("GPU", "none")
     st.info("No GPU here: TuneLab trains on the CPU in fp32. The lesson's model is small enough that a "

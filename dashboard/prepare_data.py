@@ -188,12 +188,10 @@ index = left.number_input("Example", 1, len(rows), 1, key="data.example", help="
 train_on_prompt = right.toggle("train_on_prompt", value=bool(config.get("train_on_prompt", False)), key="data.train_on_prompt",
                                help="Also train on the user's tokens. Normally off: only the reply is learned.")
 record = rows[int(index) - 1]
-if record.get("messages"):
-    encoded = data_mod.encode_messages(record["messages"], tokenizer, max_length, train_on_prompt)
-else:
-    encoded = data_mod.encode_text(record.get("text") or "", tokenizer, max_length)[0]
+# the first training example the record makes (raw text longer than max_length makes several)
+encoded = data_mod.encode_record(record, tokenizer, max_length, train_on_prompt)[0]
 pieces = common.decode_pieces(tokenizer, encoded["input_ids"])
-trained = sum(label != -100 for label in encoded["labels"])
+trained = sum(label != data_mod.IGNORE_INDEX for label in encoded["labels"])
 st.html(common.masked_tokens_html(pieces, encoded["labels"]))
 st.caption(f"{len(encoded['input_ids'])} tokens: **{trained} trained** (green) and {len(encoded['input_ids']) - trained} "
            "masked with label -100 (grey, struck through — the loss ignores them)."

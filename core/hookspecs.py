@@ -79,6 +79,26 @@ def register_evaluators(register):
 
 
 @hookspec
+def register_backends(register):
+    """Contribute a place where the work runs: call ``register(backend)`` once per backend.
+
+    ``backend`` has:
+
+    - ``name`` (the value of ``TUNELAB_BACKEND`` that selects it), ``description`` (str),
+      ``params`` (list[dict]: the settings it reads, e.g. ``address`` and ``token``).
+    - ``create(settings) -> core.engine.Engine``: build the engine. ``settings`` is a dict
+      with ``backend`` plus whatever ``TUNELAB_*`` variables or the dashboard's ``[backend]``
+      secrets set (``address``, ``token``, ...). Import heavy or optional packages inside
+      ``create``, not at module level: every TuneLab process loads every backend plugin.
+
+    The returned engine implements the verbs of ``core.engine.Engine`` (describe a model,
+    check data, start/stop/resume/list runs, generate, evaluate, export) with plain data in
+    and out. ``local`` and ``ray`` are built in (``plugins/backends.py``); a team adds Slurm or
+    Kubernetes the same way.
+    """
+
+
+@hookspec
 def on_train_start(run):
     """Called once when training starts (and again on resume).
 

@@ -117,6 +117,26 @@ def resolve(name: str) -> str:
     return name  # a Hub id
 
 
+def folder_signature(name: str) -> tuple:
+    """What changes when a model folder is rewritten: its files' names, sizes and modification times.
+
+    A run folder stands for its final/ (as in :func:`resolve`), which a resumed run that finishes
+    again writes anew. ``()`` for the embedded model and Hub ids, which do not change.
+    """
+    if name == EMBEDDED:
+        return ()
+    path = Path(name).expanduser()
+    if (path / "final").is_dir():
+        path = path / "final"
+    try:
+        if not path.is_dir():
+            return ()
+        files = [(f.name, f.stat()) for f in path.iterdir() if f.is_file()]
+        return (path.stat().st_mtime_ns,) + tuple(sorted((n, s.st_size, s.st_mtime_ns) for n, s in files))
+    except OSError:  # being rewritten right now: the load that follows reports it
+        return ()
+
+
 def _offline_hint(name: str, exc: Exception) -> UserError:
     return UserError(
         f"could not load '{name}' from the Hugging Face Hub ({type(exc).__name__}); it is not in the "

@@ -34,8 +34,8 @@ import pluggy
 from . import __version__, hookspecs
 from .errors import UserError
 
-BUILTIN_MODULES = ("plugins.formats", "plugins.samplers", "plugins.evaluators")
-KINDS = ("data_formats", "samplers", "evaluators")
+BUILTIN_MODULES = ("plugins.formats", "plugins.samplers", "plugins.evaluators", "plugins.backends")
+KINDS = ("data_formats", "samplers", "evaluators", "backends")
 LIFECYCLE_HOOKS = ("on_train_start", "on_log", "on_evaluate", "on_train_end")
 PARAM_TYPES = ("int", "float", "bool", "str", "choice")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
@@ -48,6 +48,7 @@ _REQUIRED = {
     "samplers": [("generation_kwargs", callable, "a function generation_kwargs(**params) -> dict")],
     "evaluators": [("higher_is_better", lambda v: isinstance(v, bool), "True or False"),
                    ("evaluate", callable, "a function evaluate(samples, context, **params) -> dict")],
+    "backends": [("create", callable, "a function create(settings) -> core.engine.Engine")],
 }
 
 

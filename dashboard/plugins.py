@@ -12,7 +12,7 @@ st.markdown(
 )
 common.lesson_box(lessons.PLUGINS)
 
-KIND_LABELS = {"data_formats": "data formats", "samplers": "samplers", "evaluators": "evaluators"}
+KIND_LABELS = {"data_formats": "data formats", "samplers": "samplers", "evaluators": "evaluators", "backends": "backends"}
 STATUS_ICONS = {"loaded": ":material/check_circle:", "failed": ":material/error:", "disabled": ":material/block:"}
 
 

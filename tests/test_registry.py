@@ -279,7 +279,7 @@ def test_listing_puts_builtins_first_and_is_json(plugin_dir):
     assert sources == sorted(sources, key=["builtin", "entrypoint", "dir"].index)
     for p in listing:
         assert set(p) >= {"name", "version", "source", "status", "error", "hooks", "contributes"}
-        assert set(p["contributes"]) == {"data_formats", "samplers", "evaluators"}
+        assert set(p["contributes"]) == {"data_formats", "samplers", "evaluators", "backends"}
     json.dumps(listing)
 
 

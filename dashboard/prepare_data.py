@@ -18,7 +18,7 @@ st.markdown(
 )
 
 LESSON_SET = common.REPO / "data" / "science_tutor_train.alpaca.json"
-REAL_WORLD = common.REPO.parent / "shared" / "real-world"
+REAL_WORLD = common.REPO / "data" / "real-world"
 UPLOADS = common.REPO / "runs" / "uploads"
 
 

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TUNELAB_HOME", str(Path.home() / ".cache" / "tunelab"))
 
 REPO = Path(__file__).resolve().parent.parent
-REAL_WORLD = REPO.parent / "shared" / "real-world"
+REAL_WORLD = REPO / "data" / "real-world"  # shipped in the repository (see its README for licences)
 
 
 @pytest.fixture(scope="session")

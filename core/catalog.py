@@ -2,8 +2,9 @@
 
 The catalog is a file in the repository, so the Plugins page can show it offline.
 Each entry is reviewed by a maintainer (``reviewed`` is the date) and says how to
-install it (``install``: a pip requirement pinned to the package, or a path inside
-this repository). :func:`install` runs pip for catalog entries only: a plugin runs
+install it (``install``: the package pinned to exactly the reviewed version,
+``name==1.2.3``, or a ``./path`` inside this repository; ranges, URLs, VCS links and
+other paths are refused, since they can install code nobody reviewed). :func:`install` runs pip for catalog entries only: a plugin runs
 with the app's rights, so nothing outside the reviewed list is ever installed from
 here.
 
@@ -82,17 +83,37 @@ def validate_entry(entry, index: int, root: Path = REPO) -> dict:
         if not (local / "pyproject.toml").is_file():
             raise CatalogError(f"{where}: 'install' path {spec} has no pyproject.toml")
     else:
-        from packaging.requirements import InvalidRequirement, Requirement
-
-        try:
-            requirement = Requirement(spec)
-        except InvalidRequirement as exc:
-            raise CatalogError(f"{where}: 'install' is not a pip requirement ({exc})") from None
-        if canonical(requirement.name) != canonical(package):
-            raise CatalogError(f"{where}: 'install' installs '{requirement.name}', not '{package}'")
-        if not requirement.specifier and not requirement.url:
-            raise CatalogError(f"{where}: 'install' must pin the reviewed version, e.g. '{package}==1.0.0'")
+        _check_pinned(spec, package, where)
     return entry
+
+
+def _check_pinned(spec: str, package: str, where: str) -> None:
+    """An index requirement pinned to exactly one version (``name==1.2.3``): what was reviewed is
+    what installs. Unpinned names, ranges, wildcards, URLs, VCS links and file paths are refused:
+    each can install code nobody reviewed (a later release, or whatever the link serves today)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    example = f"e.g. '{package}==1.0.0'"
+    if "://" in spec or spec.startswith(("git+", "hg+", "svn+", "bzr+", "file:")) or "@" in spec:
+        raise CatalogError(f"{where}: 'install' {spec!r} is a URL, VCS link or file: it must be a release on "
+                           f"the package index pinned to the reviewed version, {example}")
+    if spec.startswith(("/", "~", ".", "\\")) or re.match(r"^[A-Za-z]:[\\/]", spec) or "/" in spec or "\\" in spec:
+        raise CatalogError(f"{where}: 'install' {spec!r} is a file path: only './folder' inside this repository "
+                           f"or an index release pinned to the reviewed version ({example}) can be listed")
+    try:
+        requirement = Requirement(spec)
+    except InvalidRequirement as exc:
+        first = str(exc).splitlines()[0]  # packaging adds a caret diagram on later lines
+        raise CatalogError(f"{where}: 'install' is not a pip requirement ({first}); write {example}") from None
+    if canonical(requirement.name) != canonical(package):
+        raise CatalogError(f"{where}: 'install' installs '{requirement.name}', not '{package}'")
+    specifiers = list(requirement.specifier)
+    if not specifiers:
+        raise CatalogError(f"{where}: 'install' must pin the reviewed version, {example}")
+    pin = specifiers[0]
+    if len(specifiers) > 1 or pin.operator != "==" or pin.version.endswith(".*"):
+        raise CatalogError(f"{where}: 'install' {spec!r} allows more than one version: it must pin the reviewed "
+                           f"version exactly with '==', {example}")
 
 
 def load_catalog(path=None) -> list[dict]:

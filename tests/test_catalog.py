@@ -78,6 +78,39 @@ def test_malformed_entries_are_refused_with_the_field(tmp_path, bad, problem):
         catalog.load_catalog(path)
 
 
+@pytest.mark.parametrize("spec, problem", [
+    ("tunelab-foo", "must pin the reviewed version"),
+    ("tunelab-foo>=1.0", "allows more than one version"),
+    ("tunelab-foo~=1.0", "allows more than one version"),
+    ("tunelab-foo==1.*", "allows more than one version"),
+    ("tunelab-foo===1.0", "allows more than one version"),
+    ("tunelab-foo==1.0,!=1.1", "allows more than one version"),
+    ("tunelab-foo<2", "allows more than one version"),
+    ("tunelab-foo @ https://example.org/tunelab_foo-1.0-py3-none-any.whl", "is a URL, VCS link or file"),
+    ("tunelab-foo @ git+https://github.com/x/tunelab-foo@v1.0", "is a URL, VCS link or file"),
+    ("git+https://github.com/x/tunelab-foo", "is a URL, VCS link or file"),
+    ("https://example.org/tunelab-foo.tar.gz", "is a URL, VCS link or file"),
+    ("file:///tmp/tunelab-foo", "is a URL, VCS link or file"),
+    ("/tmp/tunelab-foo", "is a file path"),
+    ("~/tunelab-foo", "is a file path"),
+    ("C:\\plugins\\tunelab-foo", "is a file path"),
+    ("plugins/tunelab-foo", "is a file path"),
+])
+def test_install_must_be_one_exact_version_from_the_index(tmp_path, spec, problem):
+    path = write_catalog(tmp_path, entry(install=spec))
+    with pytest.raises(catalog.CatalogError) as caught:
+        catalog.load_catalog(path)
+    message = str(caught.value)
+    assert problem in message and "'tunelab-foo'" in message and "\n" not in message
+    assert "tunelab-foo==1.0.0" in message or "installs" in message  # says how to fix it
+
+
+@pytest.mark.parametrize("spec", ["tunelab-foo==1.0.0", "tunelab_foo==2", "tunelab-foo[extra]==1.0.0",
+                                  "tunelab-foo==1.0.0+local", "tunelab-foo==1.0.0; python_version >= '3.10'"])
+def test_exact_pins_are_accepted(tmp_path, spec):
+    assert catalog.load_catalog(write_catalog(tmp_path, entry(install=spec)))[0]["install"] == spec
+
+
 def test_missing_fields_and_duplicates(tmp_path):
     incomplete = entry()
     del incomplete["license"], incomplete["reviewed"]

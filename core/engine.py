@@ -394,8 +394,16 @@ class LocalEngine(Engine):
     def machine(self) -> dict:
         from .memory import available_for_training, machine_memory
 
+        from .limits import memory_limit, memory_used
+
         available, where = available_for_training()
-        return {"cpu_cores": os.cpu_count() or 1, **machine_memory(), "available": available, "where": where}
+        limit = memory_limit()
+        if limit is not None and available is not None:  # a container: its cap, not the host's RAM, is what we have
+            free_in_limit = max(0, limit - (memory_used() or 0))
+            if free_in_limit < available:
+                available, where = free_in_limit, f"this app's {limit / 2**30:.1f} GiB memory limit (cgroup)"
+        return {"cpu_cores": os.cpu_count() or 1, **machine_memory(), "available": available, "where": where,
+                "memory_limit": limit}
 
     def measure_memory(self, config: dict) -> dict:
         require_engine("Measuring a training step")

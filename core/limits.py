@@ -41,10 +41,30 @@ def _read_int(path: Path) -> int | None:
     return None if value >= _NO_LIMIT else value
 
 
-def _candidates(name: str, controller_dir: Path, rel: str) -> list[Path]:
-    """The cgroup's own file and its ancestors' (the tightest limit anywhere above us applies)."""
+def _cgroup_dir(controller_dir: Path, rel: str) -> Path | None:
+    """The folder of this process's cgroup under the mounted hierarchy.
+
+    In a container the mount often starts below the host's root, so ``/proc/self/cgroup``'s path
+    (``/process_api/abc/app``) is found as its longest suffix that exists (``app``, or the mount itself).
+    """
     parts = [p for p in rel.strip("/").split("/") if p]
-    return [controller_dir.joinpath(*parts[:i], name) for i in range(len(parts), -1, -1)]
+    for i in range(len(parts) + 1):
+        folder = controller_dir.joinpath(*parts[i:])
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def _candidates(name: str, controller_dir: Path, rel: str) -> list[Path]:
+    """The cgroup's own file and its ancestors' up to the mount (the tightest limit above us applies)."""
+    folder = _cgroup_dir(controller_dir, rel)
+    if folder is None:
+        return []
+    out = [folder / name]
+    while folder != controller_dir and controller_dir in folder.parents:
+        folder = folder.parent
+        out.append(folder / name)
+    return out
 
 
 def memory_limit() -> int | None:
@@ -65,11 +85,13 @@ def memory_used() -> int | None:
     """Bytes the process's memory cgroup holds now (v2 ``memory.current``, v1 ``memory.usage_in_bytes``)."""
     for controllers, rel in _own_cgroups():
         if controllers == "":
-            value = _read_int(CGROUP_ROOT / rel.lstrip("/") / "memory.current")
+            files = _candidates("memory.current", CGROUP_ROOT, rel)
         elif "memory" in controllers.split(","):
-            value = _read_int(CGROUP_ROOT / "memory" / rel.lstrip("/") / "memory.usage_in_bytes")
+            files = _candidates("memory.usage_in_bytes", CGROUP_ROOT / "memory", rel)
         else:
             continue
-        if value is not None:
-            return value
+        if files:
+            value = _read_int(files[0])
+            if value is not None:
+                return value
     return None

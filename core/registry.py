@@ -36,7 +36,6 @@ from .errors import UserError
 
 BUILTIN_MODULES = ("plugins.formats", "plugins.samplers", "plugins.evaluators", "plugins.backends")
 KINDS = ("data_formats", "samplers", "evaluators", "backends")
-LIFECYCLE_HOOKS = ("on_train_start", "on_log", "on_evaluate", "on_train_end")
 PARAM_TYPES = ("int", "float", "bool", "str", "choice")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 

@@ -28,7 +28,6 @@ Nothing here imports Streamlit.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -189,10 +188,6 @@ def check_evaluator(evaluator, samples=None, context=None, **params) -> dict:
             float(value)  # NaN is allowed: it means "could not be computed"
     assert set(result) - {"per_sample"}, "evaluate returned per_sample but no aggregate metric"
     return result
-
-
-def is_nan(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)
 
 
 # -- fixtures ---------------------------------------------------------------------------------

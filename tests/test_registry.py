@@ -78,11 +78,6 @@ def test_every_hook_is_documented():
     assert not undocumented, f"hooks without a docstring: {undocumented}"
 
 
-def test_lifecycle_hook_names_match_the_hookspecs():
-    specs = {n for n, f in vars(hookspecs).items() if hasattr(f, "tunelab_spec")}
-    assert set(registry.LIFECYCLE_HOOKS) <= specs
-
-
 # -- third-party plugins ---------------------------------------------------------------------
 def test_third_party_plugin_contributes():
     plugin = plugin_registering(fmt("yaml_chat"))

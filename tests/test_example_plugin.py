@@ -53,7 +53,7 @@ def test_listed_by_the_cli_as_an_entry_point(env):
     info = listed(env)[PACKAGE]
     assert (info["source"], info["status"], info["error"], info["version"]) == ("entrypoint", "loaded", None, VERSION)
     assert info["contributes"] == {"data_formats": ["qa_jsonl"], "samplers": ["typical_p"],
-                                   "evaluators": ["readability"]}
+                                   "evaluators": ["readability"], "backends": []}
     assert info["clashes"] == []
 
 

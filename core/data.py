@@ -15,7 +15,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,10 @@ from .registry import get_registry
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
 SNIFF_BYTES = 64 * 1024
+FIRST_RECORD_LIMIT = 64 * 1024 * 1024  # how far the sniffer reads to see a whole first record
+HUGE_RECORD_CHARS = 100_000  # a record this long is cut to max_length whatever it is; say so
+TOKEN_SAMPLE = 20_000  # data check tokenizes at most this many records (evenly spread) for the lengths
+MAX_REPORTED = 200  # rows listed per kind of problem
 
 
 def check_path(path) -> Path:
@@ -39,17 +46,115 @@ def check_path(path) -> Path:
     return path
 
 
+# What a file's first bytes say it really is, whatever its name: (magic, what it is, how to fix it).
+CONTAINERS = [
+    (b"\x1f\x8b", "gzip-compressed", "decompress it first (gunzip -k FILE) and check the result"),
+    (b"PK\x03\x04", "a ZIP archive (or an .xlsx/.docx document)", "unzip it, or export the sheet as CSV"),
+    (b"PAR1", "a Parquet table", "convert it to JSON lines, e.g. "
+                                 "python -c \"import pandas as p; p.read_parquet('in.parquet').to_json('out.jsonl', "
+                                 "orient='records', lines=True)\""),
+    (b"\xff\xfe\x00\x00", "text encoded as UTF-32", "re-save it as UTF-8 (iconv -f UTF-32 -t UTF-8 in > out)"),
+    (b"\xff\xfe", "text encoded as UTF-16 (little-endian, with a byte-order mark)",
+     "re-save it as UTF-8 (iconv -f UTF-16 -t UTF-8 in > out)"),
+    (b"\xfe\xff", "text encoded as UTF-16 (big-endian, with a byte-order mark)",
+     "re-save it as UTF-8 (iconv -f UTF-16 -t UTF-8 in > out)"),
+    (b"SQLite format 3", "an SQLite database", "export the table as CSV or JSON lines"),
+    (b"\x89PNG", "a PNG image", "a data set is text: JSON, JSON lines, CSV or plain text"),
+    (b"\xff\xd8\xff", "a JPEG image", "a data set is text: JSON, JSON lines, CSV or plain text"),
+    (b"%PDF", "a PDF document", "extract its text into a .txt file first"),
+]
+BINARY_NAMES = {".parquet": "a Parquet table", ".arrow": "an Arrow table", ".xlsx": "an Excel workbook",
+                ".gz": "a gzip file", ".zip": "a ZIP archive", ".pdf": "a PDF document"}
+
+
+def diagnose_container(path, raw: bytes) -> None:
+    """Refuse a file whose container or encoding is not plain UTF-8 text, saying what it is and the fix."""
+    path = Path(path)
+    for magic, what, fix in CONTAINERS:
+        if raw.startswith(magic):
+            raise UserError(f"{path.name}: the file is {what}, not a text data file; {fix}")
+    sample = raw[:4096]
+    if sample.count(b"\x00") > len(sample) // 4:  # every other byte zero: UTF-16 without a byte-order mark
+        if sample[1::2].count(0) > len(sample) // 3 or sample[0::2].count(0) > len(sample) // 3:
+            raise UserError(f"{path.name}: the file is text encoded as UTF-16 (no byte-order mark); re-save it "
+                            "as UTF-8 (iconv -f UTF-16 -t UTF-8 in > out)")
+        raise UserError(f"{path.name}: the file is binary, not text; a data set is JSON, JSON lines, CSV or text")
+    if b"\x00" in sample:
+        raise UserError(f"{path.name}: the file holds NUL bytes, so it is binary or damaged, not text; "
+                        "re-export it as UTF-8 text")
+    suffix = path.suffix.lower()
+    if suffix in BINARY_NAMES:
+        kind = _text_kind(raw)
+        raise UserError(f"{path.name}: named like {BINARY_NAMES[suffix]} but the file is plain text{kind}; "
+                        f"rename it to what it holds (e.g. {path.stem}{_suggested_suffix(raw)})")
+
+
+def _text_kind(raw: bytes) -> str:
+    start = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    return {b"[": " (a JSON array)", b"{": " (JSON lines)"}.get(start, "")
+
+
+def _suggested_suffix(raw: bytes) -> str:
+    start = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    return {b"[": ".json", b"{": ".jsonl"}.get(start, ".txt")
+
+
+def sniff_head(path) -> tuple[bytes, str]:
+    """``(first bytes, head text)`` for the sniffers: 64 KiB, or more until the first JSON record ends.
+
+    A record whose first field is longer than 64 KiB would otherwise hide the keys that tell
+    its format; reading on (up to 64 MiB) lets every sniffer see one whole record.
+    """
+    with Path(path).open("rb") as f:
+        raw = f.read(SNIFF_BYTES)
+        start = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+        if start in (b"[", b"{") and len(raw) == SNIFF_BYTES:
+            while len(raw) < FIRST_RECORD_LIMIT and _first_record_open(raw):
+                more = f.read(len(raw))
+                if not more:
+                    break
+                raw += more
+    return raw, raw.decode("utf-8", errors="replace")
+
+
+def _first_record_open(raw: bytes) -> bool:
+    """Whether the first JSON record in ``raw`` is still unfinished (brackets outside strings counted)."""
+    text = raw.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    depth, i, n, base = 0, 0, len(text), 1 if text.startswith("[") else 0
+    tokens = re.compile(r'["\[\]{}]')
+    string_end = re.compile(r'(?:[^"\\]|\\.)*"', re.S)
+    while True:
+        m = tokens.search(text, i)
+        if not m:
+            return True
+        c = m.group(0)
+        if c == '"':
+            end = string_end.match(text, m.end())
+            if not end:
+                return True
+            i = end.end()
+            continue
+        depth += 1 if c in "[{" else -1
+        i = m.end()
+        if depth == base and c in "]}" or depth < base:
+            return False
+
+
 def detect_format(path, registry=None) -> str:
-    """The first format (in plugin call order) whose ``sniff`` says yes."""
+    """The first format (in plugin call order) whose ``sniff`` says yes.
+
+    Files that are not text data at all (gzip, Parquet, UTF-16, YAML, a lone JSON value) are
+    refused first, saying what they are.
+    """
     registry = registry or get_registry()
     path = check_path(path)
-    with path.open("rb") as f:
-        head = f.read(SNIFF_BYTES).decode("utf-8", errors="replace")
+    raw, head = sniff_head(path)
+    diagnose_container(path, raw)
     if path.stat().st_size <= SNIFF_BYTES:
         bare = head.lstrip("\ufeff").strip()
         if not bare:
             raise UserError(f"{path.name}: the file holds only whitespace; add at least one example")
-        if bare.replace(" ", "").replace("\n", "").replace("\r", "").replace("\t", "") == "[]":
+        if re.sub(r"\s", "", bare) == "[]":
             raise UserError(f"{path.name}: the JSON array is empty; add at least one example")
     for name, fmt in registry.items("data_formats").items():
         try:
@@ -57,9 +162,83 @@ def detect_format(path, registry=None) -> str:
                 return name
         except Exception:  # noqa: BLE001 - a broken sniffer must not hide the others
             continue
+    raise UserError(_unknown_format(path, head, registry))
+
+
+def _unknown_format(path, head: str, registry) -> str:
+    """Why no format claimed the file: what it looks like, and what to do."""
+
     names = ", ".join(registry.items("data_formats"))
-    raise UserError(f"{path.name}: could not tell the format from its content; choose one with --format "
-                    f"(installed: {names})")
+    bare = head.lstrip("\ufeff").strip()
+    small = path.stat().st_size <= SNIFF_BYTES
+    if small:
+        try:
+            value = json.loads(bare)
+        except ValueError:
+            value = ...
+        if value is None or isinstance(value, (bool, int, float, str)):
+            kind = "null" if value is None else ("a true/false value" if isinstance(value, bool) else
+                                                 "a single string" if isinstance(value, str) else "a number")
+            return (f"{path.name}: the file holds {kind} ({bare[:40]}), not records; a data set is a JSON array of "
+                    "records or one JSON object per line")
+        if value == {}:
+            return (f"{path.name}: the file is an empty JSON object {{}}, with no records; a data set is a JSON "
+                    "array of records or one JSON object per line")
+    if _looks_like_yaml(path, bare):
+        return (f"{path.name}: the file looks like YAML, which TuneLab does not read as data; convert it to "
+                "JSON lines, e.g. python -c \"import yaml, json, sys; [print(json.dumps(r)) for r in "
+                "yaml.safe_load(open(sys.argv[1]))]\" FILE > out.jsonl")
+    keys = _first_keys(bare)
+    if keys:
+        return (f"{path.name}: the records have the keys {', '.join(keys[:8])}, which no installed format reads "
+                f"(installed: {names}); rename the keys (e.g. to instruction/output or messages) or choose a "
+                "format with --format")
+    return f"{path.name}: could not tell the format from its content; choose one with --format (installed: {names})"
+
+
+def _looks_like_yaml(path, bare: str) -> bool:
+    if path.suffix.lower() in (".yaml", ".yml") or bare.startswith("---"):
+        return True
+    lines = [ln for ln in bare.splitlines()[:20] if ln.strip() and not ln.lstrip().startswith("#")]
+    pattern = re.compile(r"^(- )?[A-Za-z_][\w-]*: ")
+    return len(lines) >= 2 and sum(bool(pattern.match(ln)) for ln in lines) >= len(lines) // 2 + 1 \
+        and bool(re.match(r"^- [A-Za-z_][\w-]*: ", lines[0]))
+
+
+def _first_keys(bare: str) -> list[str]:
+
+    try:
+        text = bare[1:].lstrip() if bare.startswith("[") else bare
+        value, _ = json.JSONDecoder().raw_decode(text)
+    except (ValueError, RecursionError):
+        return []
+    return [str(k) for k in value] if isinstance(value, dict) else []
+
+
+def _user_error(path, format, exc) -> UserError:
+    """A format's ValueError/TypeError as a one-line UserError naming the file, with ``.errors`` kept."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if Path(path).name not in message:
+        message = f"{Path(path).name}: {message}"
+    error = UserError(f"{message} (read as format '{format}')")
+    error.errors = getattr(exc, "errors", None) or [{"row": None, "field": None, "message": str(exc)}]
+    return error
+
+
+def _format_and_params(path, format, params, registry):
+    from .registry import resolve_params
+
+    path = check_path(path)
+    if format:
+        with path.open("rb") as f:
+            diagnose_container(path, f.read(4096))
+    format = format or detect_format(path, registry)
+    fmt = registry.get("data_formats", format)
+    try:
+        params = resolve_params(fmt.params, params)
+    except UserError as exc:
+        raise UserError(f"{path.name}: format '{format}': {exc}") from None
+    return path, format, fmt, params
 
 
 def load_records(path, format: str | None = None, params: dict | None = None, registry=None):
@@ -68,27 +247,17 @@ def load_records(path, format: str | None = None, params: dict | None = None, re
     Raises ``UserError`` naming the file, row and field for malformed input; the
     exception's ``errors`` attribute lists every bad row when the format gives them.
     """
-    from .registry import resolve_params
-
     registry = registry or get_registry()
-    path = check_path(path)
-    format = format or detect_format(path, registry)
-    fmt = registry.get("data_formats", format)
-    try:
-        params = resolve_params(fmt.params, params)
-    except UserError as exc:
-        raise UserError(f"{path.name}: format '{format}': {exc}") from None
+    path, format, fmt, params = _format_and_params(path, format, params, registry)
     try:
         dataset = fmt.load(str(path), **params)
     except UserError:
         raise
     except (ValueError, KeyError, TypeError) as exc:
-        message = str(exc)
-        if path.name not in message:
-            message = f"{path.name}: {message}"
-        error = UserError(f"{message} (read as format '{format}')")
-        error.errors = getattr(exc, "errors", None) or [{"row": None, "field": None, "message": str(exc)}]
-        raise error from None
+        raise _user_error(path, format, exc) from None
+    except RecursionError:
+        raise UserError(f"{path.name}: nested too deeply to read (read as format '{format}'); a record holds "
+                        "strings and short lists, so the file is probably damaged") from None
     except Exception as exc:  # noqa: BLE001 - a plugin's bug is reported, not raised as a traceback
         raise UserError(f"{path.name}: format plugin '{format}' failed: {type(exc).__name__}: {exc}") from None
     if len(dataset) == 0:
@@ -96,8 +265,114 @@ def load_records(path, format: str | None = None, params: dict | None = None, re
     return dataset, format
 
 
-def _assistant_spans(messages, text: str, tokenizer) -> list[tuple[int, int]]:
-    """Character spans of the assistant replies in ``text`` (content + end-of-turn marker).
+def iter_events(path, format: str | None = None, params: dict | None = None, registry=None):
+    """``(format_name, events)``: one event per row, streamed when the format can.
+
+    An event is ``{"row", "record", "warnings"}`` (kept), ``{"row", "dropped": reason}`` or
+    ``{"row", "error": {"field", "message"}}``. Formats without ``iter_records`` are read
+    whole with ``load``. File-level problems raise ``UserError`` while iterating.
+    """
+    registry = registry or get_registry()
+    path, format, fmt, params = _format_and_params(path, format, params, registry)
+    if not hasattr(fmt, "iter_records"):
+        dataset, _ = load_records(path, format, params, registry)
+        return format, ({"row": i, "record": r, "warnings": []} for i, r in enumerate(dataset, 1))
+
+    def events():
+        try:
+            yield from fmt.iter_records(str(path), **params)
+        except UserError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _user_error(path, format, exc) from None
+        except RecursionError:
+            raise UserError(f"{path.name}: nested too deeply to read (read as format '{format}')") from None
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"{path.name}: format plugin '{format}' failed: {type(exc).__name__}: {exc}") from None
+    return format, events()
+
+
+def read_records(path, format: str | None = None, params: dict | None = None, registry=None) -> dict:
+    """Every kept record with what was dropped and warned: ``{"format", "records", "rows", "dropped", "warnings"}``.
+
+    ``rows`` are the source rows of ``records``; raises ``UserError`` (with ``.errors``) for bad rows.
+    """
+    name, events = iter_events(path, format, params, registry)
+    out = {"format": name, "records": [], "rows": [], "dropped": [], "warnings": []}
+    errors = []
+    for event in events:
+        if "error" in event:
+            errors.append({"row": event["row"], **event["error"]})
+            if len(errors) >= MAX_REPORTED:
+                break
+        elif "dropped" in event:
+            out["dropped"].append({"row": event["row"], "reason": event["dropped"]})
+        else:
+            out["records"].append(event["record"])
+            out["rows"].append(event["row"])
+        out["warnings"] += [{"row": event["row"], "message": w} for w in event.get("warnings") or ()]
+    if errors:
+        raise _row_errors(path, name, errors)
+    if not out["records"]:
+        raise UserError(f"{Path(path).name}: no example is left to train on (read as format '{name}')"
+                        + (f": {out['dropped'][0]['reason']}" if out["dropped"] else ""))
+    return out
+
+
+def _row_errors(path, format, errors) -> UserError:
+    first = errors[0]
+    where = Path(path).name + (f", row {first['row']}" if first.get("row") is not None else "")
+    where += f", field '{first['field']}'" if first.get("field") else ""
+    more = f" (and {len(errors) - 1} more bad rows)" if len(errors) > 1 else ""
+    error = UserError(f"{where}: {first['message']}{more} (read as format '{format}')")
+    error.errors = errors
+    return error
+
+
+def supports_tools(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders tool calls and tool results."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):  # several named templates
+        template = " ".join(template.values())
+    return "tool" in template
+
+
+def uses_tools(record: dict) -> str | None:
+    """The field that makes a record tool-calling data (``tools``, a ``tool`` turn, ``tool_calls``), or None."""
+    if record.get("tools") and record["tools"] != "[]":
+        return "tools"
+    for i, m in enumerate(record.get("messages") or ()):
+        if m.get("role") == "tool":
+            return f"messages[{i}] (a tool result)"
+        if m.get("tool_calls"):
+            return f"messages[{i}].tool_calls"
+    return None
+
+
+def tools_refusal(path, row, field, model_name: str = "this model") -> UserError:
+    return UserError(f"{Path(path).name}, row {row}, field '{field}': tool-calling data needs a model whose chat "
+                     f"template supports tools, and the template of {model_name} has no tool roles; choose such a "
+                     "model (e.g. Qwen/Qwen2.5-0.5B-Instruct) or remove the tool turns")
+
+
+def _for_template(messages) -> list[dict]:
+    """Canonical turns as chat templates expect them (tool calls decoded, TuneLab's own keys removed)."""
+    out = []
+    for m in messages:
+        turn = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            turn["tool_calls"] = [{"type": "function", "function": c} for c in json.loads(m["tool_calls"])]
+        out.append(turn)
+    return out
+
+
+def _render(messages, tokenizer, tools=None, **kwargs) -> str:
+    kwargs = dict(kwargs, tools=tools) if tools else kwargs
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+
+def _assistant_spans(messages, text: str, tokenizer, tools=None) -> list[tuple[int, int]]:
+    """Character spans of the trained assistant replies in ``text`` (content + end-of-turn marker).
 
     Render the conversation up to each reply (with the generation prompt) and up to
     the end of that turn: what lies between is what the model must learn to say.
@@ -105,6 +380,7 @@ def _assistant_spans(messages, text: str, tokenizer) -> list[tuple[int, int]]:
     reply. When a template renders a prefix differently from the whole (a default
     system prompt only for non-empty lists, thinking blocks dropped from earlier
     turns), fall back to finding the reply's text itself, plus the EOS marker.
+    A turn marked ``"train": False`` is found (so later turns are found after it) but not trained.
     """
     spans, pos = [], 0
     for i, m in enumerate(messages):
@@ -112,8 +388,8 @@ def _assistant_spans(messages, text: str, tokenizer) -> list[tuple[int, int]]:
             continue
         start = end = None
         if i:
-            before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-            upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            before = _render(messages[:i], tokenizer, tools, add_generation_prompt=True)
+            upto = _render(messages[: i + 1], tokenizer, tools)
             if text.startswith(before) and text.startswith(upto) and len(upto) > len(before) >= pos:
                 start, end = len(before), len(upto)
         if start is None:
@@ -127,29 +403,59 @@ def _assistant_spans(messages, text: str, tokenizer) -> list[tuple[int, int]]:
         reply = text[start:end].rstrip()
         if reply:
             end = start + len(reply)
-        spans.append((start, end))
+        if m.get("train") is not False:
+            spans.append((start, end))
         pos = end
     return spans
 
 
-def encode_messages(messages, tokenizer, max_length: int, train_on_prompt: bool = False) -> dict:
+def _trim(messages, max_length: int):
+    """Drop text that cannot survive truncation: ``(messages, characters removed)``.
+
+    No token spans more than 64 characters, so only the first ``64 * max_length``
+    characters can be kept; a 2 MB record is not tokenized whole to keep 512 tokens.
+    """
+    budget, out, removed = 64 * max_length, [], 0
+    for m in messages:
+        if budget <= 0:
+            removed += len(m["content"])
+            continue
+        if len(m["content"]) > budget:
+            removed += len(m["content"]) - budget
+            m = dict(m, content=m["content"][:budget])
+        budget -= len(m["content"])
+        out.append(m)
+    return out, removed
+
+
+def encode_messages(messages, tokenizer, max_length: int, train_on_prompt: bool = False, tools=None) -> dict:
     """Tokenize one conversation; label only the assistant's tokens.
 
     The labelled tokens are each assistant reply and its end-of-turn token (so
-    the model learns to stop); the system prompt, the user's turns and the
-    template's role headers are masked with -100.
+    the model learns to stop), except replies marked ``"train": False``; the system
+    prompt, the user's turns and the template's role headers are masked with -100.
+    ``tools`` is the record's JSON list of tool schemas, passed to the template.
     """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = _assistant_spans(messages, text, tokenizer)
+    messages, removed = _trim(_canonical_turns(messages), max_length)
+    tools = json.loads(tools) if isinstance(tools, str) else tools
+    template_messages = _for_template(messages)
+    text = _render(template_messages, tokenizer, tools)
+    spans = _assistant_spans([dict(t, train=m.get("train")) for t, m in zip(template_messages, messages)],
+                             text, tokenizer, tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     labels = []
     for token_id, (a, b) in zip(ids, enc["offset_mapping"]):
         trained = train_on_prompt or any(s <= a < e for s, e in spans)
         labels.append(token_id if trained else IGNORE_INDEX)
-    truncated = len(ids) > max_length
-    return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": truncated,
-            "length": len(ids)}
+    length = len(ids) + removed // 4  # the cut text counted at about 4 characters a token
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": length > max_length,
+            "length": length}
+
+
+def _canonical_turns(messages) -> list[dict]:
+    """Turns as plain dicts without the keys ``datasets`` fills with None for other records."""
+    return [{k: v for k, v in m.items() if v is not None} for m in messages]
 
 
 def encode_text(text: str, tokenizer, max_length: int) -> list[dict]:
@@ -164,8 +470,9 @@ def encode_text(text: str, tokenizer, max_length: int) -> list[dict]:
 
 
 def encode_record(record: dict, tokenizer, max_length: int, train_on_prompt: bool = False) -> list[dict]:
+    """The training examples of one canonical record (a conversation makes one; raw text one per chunk)."""
     if record.get("messages"):
-        return [encode_messages(record["messages"], tokenizer, max_length, train_on_prompt)]
+        return [encode_messages(record["messages"], tokenizer, max_length, train_on_prompt, record.get("tools"))]
     return encode_text(record.get("text") or "", tokenizer, max_length)
 
 
@@ -179,19 +486,28 @@ class Prepared:
     records: int
     truncated: int = 0
     dropped: list[int] = field(default_factory=list)  # rows with no trained token left
+    skipped: list[dict] = field(default_factory=list)  # rows the format read but left out: {"row", "reason"}
+    warnings: list[dict] = field(default_factory=list)  # {"row", "message"}
 
     def summary(self) -> dict:
         return {"format": self.format, "records": self.records, "train_examples": len(self.train),
                 "val_examples": len(self.val), "truncated": self.truncated, "dropped": len(self.dropped),
+                "skipped": len(self.skipped), "warnings": len(self.warnings),
                 "train_tokens": sum(len(e["input_ids"]) for e in self.train)}
 
 
 def prepare(path, tokenizer, max_length: int, format: str | None = None, params: dict | None = None,
             val_fraction: float = 0.1, seed: int = 0, train_on_prompt: bool = False, registry=None) -> Prepared:
     """The whole pipeline up to tokenized examples, split into train and validation."""
-    dataset, fmt = load_records(path, format, params, registry)
+    read = read_records(path, format, params, registry)
     examples, truncated, dropped = [], 0, []
-    for row, record in enumerate(dataset, 1):
+    tools_ok = None
+    for row, record in zip(read["rows"], read["records"]):
+        field_name = uses_tools(record)
+        if field_name:
+            tools_ok = supports_tools(tokenizer) if tools_ok is None else tools_ok
+            if not tools_ok:
+                raise tools_refusal(path, row, field_name, getattr(tokenizer, "name_or_path", None) or "this model")
         for ex in encode_record(record, tokenizer, max_length, train_on_prompt):
             truncated += ex["truncated"]
             if all(label == IGNORE_INDEX for label in ex["labels"][1:]):
@@ -203,11 +519,13 @@ def prepare(path, tokenizer, max_length: int, format: str | None = None, params:
                         f"max_length={max_length}; raise max_length")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    n_val = int(round(len(examples) * val_fraction)) if len(examples) > 1 else 0
-    n_val = min(max(n_val, 1 if val_fraction > 0 and len(examples) > 1 else 0), len(examples) - 1)
+    from .config import split_sizes  # the one split rule, shared with the pages' step counts
+
+    n_val = split_sizes(len(examples), val_fraction)[1]
     val = [examples[i] for i in order[:n_val]]
     train = [examples[i] for i in order[n_val:]]
-    return Prepared(train, val, fmt, len(dataset), truncated, dropped)
+    return Prepared(train, val, read["format"], len(read["records"]), truncated, dropped, read["dropped"],
+                    read["warnings"])
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int = 0,
@@ -246,47 +564,116 @@ def collate(examples: list[dict], pad_token_id: int) -> dict:
 
 
 def check_file(path, format: str | None = None, params: dict | None = None, tokenizer=None,
-               max_length: int = 512, registry=None) -> dict:
-    """A validation report: records, errors by row and field, empty and duplicate examples, token lengths.
+               max_length: int = 512, registry=None, load_tokenizer=None) -> dict:
+    """A validation report, reading the file as a stream (a 1 GB file is fine).
 
-    Malformed files do not raise: the report's ``errors`` lists them (``ok`` is False).
+    Plain data, for the CLI and the Prepare-data page:
+
+    - ``ok``, ``error`` (one line) and ``errors`` (``{"row", "field", "message"}`` per bad row);
+    - ``records`` (rows read), ``kept`` (records to train on), ``dropped`` (``{"row", "reason"}``:
+      rows the format left out, such as undesirable KTO answers) and ``warnings``
+      (``{"row", "message"}``: unfilled placeholders, media dropped, very long records);
+    - ``kinds``, ``empty`` and ``duplicates`` (rows), ``token_lengths`` and ``over_max_length``.
+
+    The file is parsed before any tokenizer is needed: pass ``load_tokenizer`` (a function
+    returning one) instead of ``tokenizer`` so a bad file is refused without loading a model.
+    Token lengths come from every record, or from ``TOKEN_SAMPLE`` records spread evenly
+    through a bigger file (``token_lengths["sampled"]`` says how many).
     """
-    report = {"file": str(path), "format": format, "ok": True, "records": 0, "errors": [], "empty": [],
-              "duplicates": [], "kinds": {}, "token_lengths": None, "over_max_length": 0, "max_length": max_length}
+    report = {"file": str(path), "format": format, "ok": True, "records": 0, "kept": 0, "dropped": [],
+              "warnings": [], "errors": [], "empty": [], "duplicates": [], "kinds": {}, "token_lengths": None,
+              "over_max_length": 0, "max_length": max_length, "tools": None}
     try:
-        dataset, report["format"] = load_records(path, format, params, registry)
+        _scan(path, format, params, registry, report)
     except UserError as exc:
-        report["ok"] = False
-        report["error"] = str(exc)
+        report.update(ok=False, records=0, kept=0, error=str(exc))
         report["errors"] = getattr(exc, "errors", None) or [{"row": None, "field": None, "message": str(exc)}]
         return report
-    report["records"] = len(dataset)
-    seen, lengths = {}, []
-    for row, record in enumerate(dataset, 1):
+    if tokenizer is None and load_tokenizer is not None:
+        tokenizer = load_tokenizer()
+    if tokenizer is not None:
+        if report["tools"] and not supports_tools(tokenizer):
+            row, field_name = report["tools"]
+            exc = tools_refusal(path, row, field_name, getattr(tokenizer, "name_or_path", None) or "this model")
+            report.update(ok=False, error=str(exc), errors=[{"row": row, "field": field_name, "message": str(exc)}])
+            return report
+        _token_lengths(path, report, params, registry, tokenizer, max_length)
+    return report
+
+
+def _scan(path, format, params, registry, report) -> None:
+    """Pass 1: parse every row; fill the report's counts, problems and warnings (raises UserError on bad rows)."""
+    name, events = iter_events(path, format, params, registry)
+    report["format"] = name
+    seen, errors = {}, []
+    for event in events:
+        row = event["row"]
+        report["warnings"] += [{"row": row, "message": w} for w in event.get("warnings") or ()][:MAX_REPORTED]
+        if "error" in event:
+            errors.append({"row": row, **event["error"]})
+            if len(errors) >= MAX_REPORTED:
+                break
+            continue
+        report["records"] += 1
+        if "dropped" in event:
+            if len(report["dropped"]) < MAX_REPORTED * 50:
+                report["dropped"].append({"row": row, "reason": event["dropped"]})
+            continue
+        record = event["record"]
+        report["kept"] += 1
         kind = "messages" if record.get("messages") else "text"
         report["kinds"][kind] = report["kinds"].get(kind, 0) + 1
         if kind == "messages":
-            contents = [m["content"] for m in record["messages"]]
-            if any(not c.strip() for c in contents):
+            turns = record["messages"]
+            if any(not (m["content"] or "").strip() and not m.get("tool_calls") for m in turns):
                 report["empty"].append(row)
-            key = tuple((m["role"], m["content"].strip()) for m in record["messages"])
+            key = json.dumps([(m["role"], (m["content"] or "").strip()) for m in turns], ensure_ascii=False)
+            size = sum(len(m["content"] or "") for m in turns)
+            if report["tools"] is None and uses_tools(record):
+                report["tools"] = (row, uses_tools(record))
         else:
-            if not (record.get("text") or "").strip():
+            text = (record.get("text") or "").strip()
+            if not text:
                 report["empty"].append(row)
-            key = (record.get("text") or "").strip()
-        if key in seen:
-            report["duplicates"].append({"row": row, "same_as": seen[key]})
+            key, size = text, len(text)
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        if digest in seen:
+            report["duplicates"].append({"row": row, "same_as": seen[digest]})
         else:
-            seen[key] = row
-        if tokenizer is not None:
-            if kind == "messages":
-                lengths.append(encode_messages(record["messages"], tokenizer, max_length)["length"])
-            else:
-                lengths.append(len(tokenizer(record.get("text") or "", add_special_tokens=False)["input_ids"]) + 1)
+            seen[digest] = row
+        if size > HUGE_RECORD_CHARS and kind == "messages":
+            report["warnings"].append({"row": row, "message": (
+                f"a {size:,}-character record (about {size // 4:,} tokens): it will be cut to "
+                f"max_length={report['max_length']} tokens, so most of it is never trained on")})
+    if errors:
+        raise _row_errors(path, name, errors)
+    if not report["kept"]:
+        reason = f": {report['dropped'][0]['reason']}" if report["dropped"] else ""
+        raise UserError(f"{Path(path).name}: no example is left to train on (read as format '{name}'){reason}")
+    report["dropped_count"] = len(report["dropped"])
+
+
+def _token_lengths(path, report, params, registry, tokenizer, max_length) -> None:
+    """Pass 2: token lengths of every kept record, or of an even sample of a big file."""
+    step = max(1, -(-report["kept"] // TOKEN_SAMPLE))
+    lengths, index = [], 0
+    _, events = iter_events(path, report["format"], params, registry)
+    for event in events:
+        if "record" not in event:
+            continue
+        index += 1
+        if (index - 1) % step:
+            continue
+        record = event["record"]
+        if record.get("messages"):
+            lengths.append(encode_messages(record["messages"], tokenizer, max_length,
+                                           tools=record.get("tools"))["length"])
+        else:
+            lengths.append(len(tokenizer(record.get("text") or "", add_special_tokens=False)["input_ids"]) + 1)
     if lengths:
         ordered = sorted(lengths)
         report["token_lengths"] = {"min": ordered[0], "median": statistics.median(ordered),
                                    "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
-                                   "max": ordered[-1], "total": sum(ordered), "values": lengths}
+                                   "max": ordered[-1], "total": sum(ordered), "values": lengths,
+                                   "sampled": len(lengths) if step > 1 else None}
         report["over_max_length"] = sum(n > max_length for n in lengths)
-    return report

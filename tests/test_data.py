@@ -223,7 +223,8 @@ def test_every_bad_row_is_listed(write, reg):
                               '{"instruction": "d", "output": "e"}\n{"instruction": 1, "output": "f"}\n')
     with pytest.raises(UserError) as info:
         data.load_records(path, "alpaca", None, reg)
-    assert "row 3" in str(info.value)  # the JSON syntax error comes first
+    assert "row 2" in str(info.value) and "and 2 more bad rows" in str(info.value)  # in row order, streamed
+    assert [(e["row"], e["field"]) for e in info.value.errors] == [(2, "output"), (3, None), (5, "instruction")]
     path = write("bad2.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n'
                                '{"instruction": 1, "output": "f"}\n')
     with pytest.raises(UserError) as info:
@@ -395,7 +396,7 @@ def test_prepared_batches_are_padded_dynamically(chat_file, tokenizer, reg):
 # -- check_file --------------------------------------------------------------------------------
 def test_check_file_report(write, tokenizer, reg):
     rows = [{"instruction": "Q1", "output": "A1"}, {"instruction": "Q2", "output": "A2"},
-            {"instruction": "Q1", "output": "A1"}, {"instruction": "Q3", "output": "  "},
+            {"instruction": "Q1", "output": "A1"}, {"instruction": "  ", "output": "A3"},
             {"instruction": "long " * 40, "output": "A4"}, {"instruction": "Q1 ", "output": "A1"}]
     path = write("r.json", json.dumps(rows))
     report = data.check_file(path, tokenizer=tokenizer, max_length=60, registry=reg)

@@ -193,6 +193,9 @@ def _convert(key: str, value, current, where: str):
             value = yaml.safe_load(value)  # "1e-4" -> float, "true" -> bool, "[a, b]" -> list
         except yaml.YAMLError:
             pass
+        except RecursionError:  # thousands of nested brackets: say so instead of a 3,000-line traceback
+            raise UserError(f"{where}{'' if key in where else ': ' + key}: the value is nested too deeply to read; give a plain value "
+                            "such as a number, a word or a short list") from None
         if isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, str):
             try:
                 value = float(value)  # YAML 1.1 reads "1e-4" as a string
@@ -245,6 +248,9 @@ def load_config(path, overrides=()) -> RunConfig:
         mark = getattr(exc, "problem_mark", None)
         at = f", line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}{at}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:
+        raise UserError(f"{path}: the YAML is nested too deeply to read (thousands of levels); a config is "
+                        "keys with plain values, and data/lora sections one level deep") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected keys and values at the top level, got {type(raw).__name__}")
     cfg = RunConfig.from_dict(raw, where=str(path))

@@ -49,9 +49,11 @@ def cmd_data_check(args) -> int:
     fmt = args.format
     if fmt:
         registry.get("data_formats", fmt)  # unknown format: clear error before any work
-    data.check_path(args.file)  # before the tokenizer: a wrong path should not wait for a model
-    tokenizer = models.load_tokenizer(args.model) if not args.no_tokens else None
-    report = data.check_file(args.file, fmt, _params(args.param), tokenizer, args.max_length, registry)
+    data.check_path(args.file)
+    # the file is parsed first and the tokenizer loaded only for a good file: a refusal takes well under a second
+    load = None if args.no_tokens else (lambda: models.load_tokenizer(args.model))
+    report = data.check_file(args.file, fmt, _params(args.param), None, args.max_length, registry,
+                             load_tokenizer=load, model_name=args.model)
     if not report["ok"]:
         if args.json:
             print(json.dumps(report, indent=2))
@@ -61,13 +63,22 @@ def cmd_data_check(args) -> int:
         return 0
     print(f"{report['file']}: {report['records']} records, format '{report['format']}'")
     print(f"  kinds: {', '.join(f'{k} {v}' for k, v in report['kinds'].items())}")
+    dropped = report["dropped"]
+    print(f"  kept: {report['kept']}, dropped: {len(dropped)}"
+          + (f" (rows {_rows([d['row'] for d in dropped])}: {dropped[0]['reason']})" if dropped else ""))
     print(f"  empty examples: {len(report['empty'])}" + (f" (rows {_rows(report['empty'])})" if report["empty"] else ""))
     dups = report["duplicates"]
     print(f"  duplicates: {len(dups)}" + (f" (rows {_rows([d['row'] for d in dups])})" if dups else ""))
     t = report["token_lengths"]
     if t:
-        print(f"  tokens: min {t['min']}, median {t['median']:g}, p95 {t['p95']}, max {t['max']}, total {t['total']}")
+        sample = f" (from {t['sampled']:,} records spread through the file)" if t.get("sampled") else ""
+        print(f"  tokens: min {t['min']}, median {t['median']:g}, p95 {t['p95']}, max {t['max']}, total {t['total']}"
+              + sample)
         print(f"  longer than max_length={report['max_length']}: {report['over_max_length']}")
+    warnings = report["warnings"]
+    for message in dict.fromkeys(w["message"] for w in warnings):  # each kind once, with its rows
+        rows = [w["row"] for w in warnings if w["message"] == message]
+        print(f"  warning: {message} (rows {_rows(rows)})")
     return 0
 
 

@@ -507,7 +507,7 @@ def prepare(path, tokenizer, max_length: int, format: str | None = None, params:
         if field_name:
             tools_ok = supports_tools(tokenizer) if tools_ok is None else tools_ok
             if not tools_ok:
-                raise tools_refusal(path, row, field_name, getattr(tokenizer, "name_or_path", None) or "this model")
+                raise tools_refusal(path, row, field_name)
         for ex in encode_record(record, tokenizer, max_length, train_on_prompt):
             truncated += ex["truncated"]
             if all(label == IGNORE_INDEX for label in ex["labels"][1:]):
@@ -564,7 +564,7 @@ def collate(examples: list[dict], pad_token_id: int) -> dict:
 
 
 def check_file(path, format: str | None = None, params: dict | None = None, tokenizer=None,
-               max_length: int = 512, registry=None, load_tokenizer=None) -> dict:
+               max_length: int = 512, registry=None, load_tokenizer=None, model_name: str | None = None) -> dict:
     """A validation report, reading the file as a stream (a 1 GB file is fine).
 
     Plain data, for the CLI and the Prepare-data page:
@@ -594,7 +594,7 @@ def check_file(path, format: str | None = None, params: dict | None = None, toke
     if tokenizer is not None:
         if report["tools"] and not supports_tools(tokenizer):
             row, field_name = report["tools"]
-            exc = tools_refusal(path, row, field_name, getattr(tokenizer, "name_or_path", None) or "this model")
+            exc = tools_refusal(path, row, field_name, f"'{model_name}'" if model_name else "this model")
             report.update(ok=False, error=str(exc), errors=[{"row": row, "field": field_name, "message": str(exc)}])
             return report
         _token_lengths(path, report, params, registry, tokenizer, max_length)
@@ -608,7 +608,8 @@ def _scan(path, format, params, registry, report) -> None:
     seen, errors = {}, []
     for event in events:
         row = event["row"]
-        report["warnings"] += [{"row": row, "message": w} for w in event.get("warnings") or ()][:MAX_REPORTED]
+        if len(report["warnings"]) < MAX_REPORTED * 50:  # enough to act on, bounded for a huge file
+            report["warnings"] += [{"row": row, "message": w} for w in event.get("warnings") or ()]
         if "error" in event:
             errors.append({"row": row, **event["error"]})
             if len(errors) >= MAX_REPORTED:
@@ -631,6 +632,9 @@ def _scan(path, format, params, registry, report) -> None:
             size = sum(len(m["content"] or "") for m in turns)
             if report["tools"] is None and uses_tools(record):
                 report["tools"] = (row, uses_tools(record))
+                report["warnings"].append({"row": row, "message": (
+                    f"tool-calling data ('{report['tools'][1]}'): it needs a model whose chat template supports "
+                    "tools; the check with a tokenizer says whether yours does")})
         else:
             text = (record.get("text") or "").strip()
             if not text:

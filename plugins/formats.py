@@ -82,7 +82,7 @@ class Reading:
             if left:
                 self.note(f"unfilled placeholder{'s' if len(left) > 1 else ''} "
                           f"{', '.join('{{' + n + '}}' for n in left)} in '{field}'; fill them with the "
-                          f"placeholders option (e.g. {left[0]}=...)")
+                          f"placeholders option (--param 'placeholders={left[0]}=...')")
         return value
 
     def note(self, message):
@@ -115,7 +115,7 @@ def parse_placeholders(spec: str) -> dict:
 def media_message(what: str) -> str:
     return (f"multimodal record: {what}, which a text model cannot see, so it would learn to answer about "
             "pictures or sounds it never gets; remove such records, or set the format option drop_media=true "
-            "to train on their text alone")
+            "(--param drop_media=true) to train on their text alone")
 
 
 # -- turns and conversations -----------------------------------------------------------------
@@ -308,7 +308,8 @@ def chosen_answer(item, key, reading, prompt_turns, role_key="role", content_key
     if reading.preference != "chosen":
         raise FieldError(key, "preference data: each record holds a chosen and a rejected answer (for DPO, "
                               "ORPO or a reward model), not one answer to learn; to fine-tune on the chosen "
-                              "answers set the format option preference=chosen (the rejected ones are dropped)")
+                              "answers set the format option preference=chosen (--param preference=chosen; the rejected "
+                              "ones are dropped)")
     chosen = item[key]
     if isinstance(chosen, str):
         if chosen.lstrip().startswith("\n\nHuman:") or chosen.startswith("Human:") or "\n\nHuman:" in chosen:

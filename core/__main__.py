@@ -107,26 +107,71 @@ def _echo_progress(total_steps_ref):
     return echo
 
 
-def _run_training(cfg, run_dir: Path, resume: bool) -> int:
+def _run_training(cfg, run_dir: Path, resume: bool, launched: bool = False) -> int:
+    """Train as the run's worker (the caller holds its ``worker.lock``): wait for a slot, train, report."""
     from transformers.utils import logging as hf_logging
 
-    from . import runs, train
+    from . import queue, runs, train
 
     hf_logging.disable_progress_bar()  # the log shows metrics, not weight-loading bars
 
     def total():
         return runs.read_status(run_dir).get("total_steps")
 
-    status = runs.read_status(run_dir) if (run_dir / "status.json").exists() else {}
-    if status.get("pid") != os.getpid():
+    if not launched:
         # not started by runs.launch (which clears it): a STOP file is left over from a killed run
         (run_dir / "STOP").unlink(missing_ok=True)
-    result = train.train(cfg, run_dir, resume=resume, echo=_echo_progress(total))
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # a multi-GPU launch has its GPUs already
+        # a fixed TUNELAB_MAX_WORKERS (refused here if malformed) needs no memory estimate
+        need = None if queue.configured_max() else queue.run_need(cfg)
+        if queue.wait_for_slot(run_dir, need, train.StopFlag(run_dir)) is None:
+            (run_dir / "STOP").unlink(missing_ok=True)
+            runs.write_status(run_dir, state="stopped", waiting_for=None, finished_at=runs.now())
+            print(f"[tunelab] run {run_dir}: stopped while queued", file=sys.stderr)
+            return 0
+    try:
+        result = train.train(cfg, run_dir, resume=resume, echo=_echo_progress(total))
+    except Exception as exc:  # noqa: BLE001 - only a full disk is turned into a run error here
+        if not _disk_full(exc, run_dir):
+            raise
+        result = _disk_full_result(exc, run_dir)
     print(f"[tunelab] run {run_dir}: {result['state']} at step {result['step']}"
           + (f" - {result['error']}" if result["error"] else ""), file=sys.stderr)
     if result["state"] == "failed":
         return 2 if result["user_error"] else 1
     return 0
+
+
+def _disk_full(exc: BaseException, run_dir: Path) -> bool:
+    """Whether ``exc`` (an OSError, or safetensors'/torch's own error types) means the disk is full."""
+    import errno
+    import shutil
+
+    text = str(exc)
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "StorageFull" in text:
+        return True
+    try:  # torch's zip writer says only "file write failed"
+        return "write failed" in text and shutil.disk_usage(run_dir).free < 64 * 2**20
+    except OSError:
+        return False
+
+
+def _disk_full_result(exc: BaseException, run_dir: Path) -> dict:
+    """Free what the interrupted save took (its step-N.tmp) and record a clear failure."""
+    import shutil
+
+    from . import runs
+
+    runs.remove_partial_checkpoints(run_dir)
+    shutil.rmtree(run_dir / "final.tmp", ignore_errors=True)  # a full disk while saving final/
+    kept = runs.latest_checkpoint(run_dir)
+    step = runs.read_status(run_dir).get("step") or 0
+    error = (f"the disk holding {run_dir} is full ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+             f"{shutil.disk_usage(run_dir).free // 2**20} MiB free now. Free some space, then "
+             f"`python -m core resume {run_dir}` continues from "
+             + (f"the last good checkpoint {kept.name}" if kept else "step 0 (no checkpoint was saved)"))
+    runs.write_status(run_dir, state="failed", error=error, finished_at=runs.now())
+    return {"state": "failed", "step": step, "error": error, "user_error": False}
 
 
 def cmd_train(args) -> int:
@@ -135,27 +180,33 @@ def cmd_train(args) -> int:
 
     from .data import check_path
 
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    claimed = bool(run_dir and (run_dir / "status.json").exists())
+    if claimed:  # a live run: refused at once, before anything is written
+        launched = runs.claim_worker(run_dir)
     cfg = load_config(args.config, args.set)
     try:  # a missing or unusable data file is refused before any model loads
         check_path(cfg.data.path)
     except UserError as exc:
         raise UserError(f"{args.config}: data.path: {exc}") from None
-    run_dir = Path(args.run_dir) if args.run_dir else runs.create_run(cfg, Path(args.config).stem)
-    return _run_training(cfg, run_dir, resume=False)
+    if run_dir is None:
+        run_dir = runs.create_run(cfg, Path(args.config).stem)
+    if not claimed:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        launched = runs.claim_worker(run_dir)
+    return _run_training(cfg, run_dir, resume=False, launched=launched)
 
 
 def cmd_resume(args) -> int:
     from . import runs
 
     run_dir = Path(args.run_dir)
+    runs.read_status(run_dir)  # a run folder, or a clear error (before a lock file is made in it)
+    launched = runs.claim_worker(run_dir)  # a live worker: refused at once
     status = runs.read_status(run_dir)
     if status["state"] == "finished":
         raise UserError(f"run {run_dir.name} has already finished; start a new run to train more")
-    # runs.launch records the worker's own pid before it starts: that one is us, not a rival
-    other = status.get("pid") not in (None, os.getpid())
-    if status["state"] in runs.ACTIVE and other and runs.pid_alive(status.get("pid")):
-        raise UserError(f"run {run_dir.name} is still {status['state']} (pid {status['pid']})")
-    return _run_training(runs.load_config(run_dir), run_dir, resume=True)
+    return _run_training(runs.load_config(run_dir), run_dir, resume=True, launched=launched)
 
 
 def cmd_stop(args) -> int:

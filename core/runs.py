@@ -10,26 +10,41 @@
     checkpoints/step-N/  trainable weights, optimizer, scheduler, RNG and data position
     final/             the trained model (from_pretrained-able), or the LoRA adapter folder
     STOP               present = please stop (written by ``stop``)
+    worker.lock        flock-ed by the run's one live worker for its whole life (the OS lets go
+                       when it dies, however it dies); holds the worker's pid as text
 
 Every write is atomic (temp file + rename) or append-only, so a reader never
 sees half a file and a killed worker never corrupts what is already saved.
+
+One worker per run: a worker holds ``worker.lock`` (``fcntl.flock``) before it writes
+anything, so a second ``train --run-dir`` or ``resume`` on a live run is refused at once,
+and signals go only to the pid that holds it. Runs beyond the machine's capacity wait
+in ``queued`` (see ``core/queue.py``). In a shared deployment (``TUNELAB_SHARED=1``)
+only the session that started a run may stop or resume it (:func:`can_control`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import itertools
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .errors import UserError
 
 ACTIVE = ("queued", "running", "stopping")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCK_NAME = "worker.lock"
+LOCK_FD_ENV = "TUNELAB_WORKER_LOCK_FD"  # launch() hands its lock to the worker through this fd
+EXIT_GRACE_S = 20.0
+_held_locks: list[int] = []  # lock fds this process keeps open (= holds) until it exits
 
 
 def runs_root() -> Path:
@@ -44,20 +59,30 @@ def safe_run_id(name: str | None = None) -> str:
     return f"{slug}-{stamp}" if slug else f"run-{stamp}"
 
 
-def create_run(config, name: str | None = None, root=None, run_dir=None) -> Path:
-    """Make a run folder with ``config.yaml`` and a queued status. Returns its path."""
+def create_run(config, name: str | None = None, root=None, run_dir=None, owner: str | None = None) -> Path:
+    """Make a run folder with ``config.yaml`` and a queued status. Returns its path.
+
+    Without ``run_dir`` the folder is new: ``os.mkdir`` fails if it exists, so two runs
+    started in the same second (same name, same time stamp) get ``name`` and ``name-2``,
+    never one folder between them. ``owner`` (a session id) is recorded for :func:`can_control`.
+    """
     if run_dir is None:
         root = Path(root or runs_root())
+        root.mkdir(parents=True, exist_ok=True)
         run_id = safe_run_id(name)
-        run_dir, n = root / run_id, 1
-        while run_dir.exists():
-            n += 1
-            run_dir = root / f"{run_id}-{n}"
+        for n in itertools.count(1):
+            run_dir = root / (run_id if n == 1 else f"{run_id}-{n}")
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                continue
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", config.to_yaml())
     if not (run_dir / "status.json").exists():
-        write_status(run_dir, state="queued", step=0, total_steps=None, error=None, pid=None)
+        write_status(run_dir, state="queued", step=0, total_steps=None, error=None, pid=None, owner=owner,
+                     created=time.time())
     return run_dir
 
 
@@ -88,11 +113,12 @@ def _read_json(path: Path):
 
 
 def pid_alive(pid) -> bool:
-    if not pid:
+    """Whether ``pid`` names a running (not zombie) process. Refuses non-ints and pids <= 1."""
+    if not _valid_pid(pid):
         return False
     try:
         os.kill(int(pid), 0)
-    except (OSError, ValueError):
+    except OSError:
         return False
     try:  # a zombie (exited, not yet reaped by its parent) is not running
         with open(f"/proc/{int(pid)}/stat") as f:
@@ -101,22 +127,173 @@ def pid_alive(pid) -> bool:
         return True
 
 
-def read_status(run_dir) -> dict:
+def _valid_pid(pid) -> bool:
+    # 0, -1 and negative pids signal process groups or every process: never a worker's pid
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 1
+
+
+# -- one worker per run: worker.lock -------------------------------------------------------------
+def _lock(fd: int, attempts: int = 10) -> bool:
+    """Take an exclusive flock without waiting for a holder. A reader's probe (:func:`worker_alive`)
+    holds a shared lock for microseconds, so a few quick retries tell it from a live worker."""
+    for i in range(attempts):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if i < attempts - 1:
+                time.sleep(0.03)
+    return False
+
+
+def _lock_run(fd: int, run_dir: Path) -> bool:
+    """:func:`_lock` for a run's worker.lock. A worker that has written its final state is
+    exiting (saving, tearing torch down): wait for it a little rather than refuse."""
+    if _lock(fd):
+        return True
+    state = (_read_json(Path(run_dir) / "status.json") or {}).get("state")
+    if state in ACTIVE:
+        return False
+    deadline = time.time() + EXIT_GRACE_S
+    while time.time() < deadline:
+        if _lock(fd, attempts=1):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _write_lock_pid(fd: int, pid: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{pid}\n".encode(), 0)
+
+
+def worker_alive(run_dir) -> bool:
+    """Whether some process holds the run's ``worker.lock`` (a live worker, queued or training)."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def worker_pid(run_dir) -> int | None:
+    """The pid of this run's live worker, verified, or None: what it is safe to signal.
+
+    Verified three ways: ``worker.lock`` is held, it names the pid (> 1), and that process's
+    command line is ``... core ...`` naming this run's folder. A pid written into
+    ``status.json`` (a crafted ``-1`` would signal every process) is never trusted alone.
+    """
+    run_dir = Path(run_dir).resolve()
+    if not worker_alive(run_dir):
+        return None
+    try:
+        pid = int((run_dir / LOCK_NAME).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if not _valid_pid(pid) or not pid_alive(pid):
+        return None
+    return pid if _is_worker_of(pid, run_dir) else None
+
+
+def _is_worker_of(pid: int, run_dir: Path) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        cmdline, cwd = proc.cmdline(), Path(proc.cwd())
+    except (psutil.Error, OSError):
+        return False
+    if "core" not in cmdline:  # python -m core ... / accelerate launch -m core ...
+        return False
+    for arg in cmdline:
+        path = (cwd / arg).resolve() if arg and not arg.startswith("-") else None
+        if path is not None and (path == run_dir or run_dir in path.parents):
+            return True
+    return False
+
+
+def claim_worker(run_dir) -> bool:
+    """Make this process the run's one worker, for as long as it lives; UserError if another is.
+
+    Takes ``worker.lock`` (or adopts the one :func:`launch` took and passed down) and keeps
+    it open until the process exits, when the OS releases it - a ``kill -9`` included.
+    Returns True when the lock came from :func:`launch`. Only the main process of a
+    multi-process (``accelerate launch``) run takes it.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK_NAME
+    inherited = os.environ.pop(LOCK_FD_ENV, None)
+    if inherited:
+        fd = int(inherited)
+        try:
+            if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                raise OSError("not this run's lock")
+        except OSError:
+            inherited = None  # not ours (another run's, or closed): take the lock ourselves
+        else:
+            os.set_inheritable(fd, False)  # our own subprocesses must not keep the run locked
+    if not inherited:
+        if os.environ.get("RANK", "0") != "0":
+            return False  # rank 0 holds the lock for the whole multi-GPU run
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _lock_run(fd, run_dir):
+            os.close(fd)
+            raise UserError(_busy(run_dir))
+    _write_lock_pid(fd, os.getpid())
+    _held_locks.append(fd)
+    return bool(inherited)
+
+
+def _busy(run_dir: Path) -> str:
+    try:
+        pid = int((run_dir / LOCK_NAME).read_text().strip() or 0)
+    except (OSError, ValueError):
+        pid = 0
+    who = f" (pid {pid})" if pid else ""
+    return (f"run {run_dir.name} already has a live worker{who}; wait for it to end, or stop it with "
+            f"`python -m core stop {run_dir}` and then resume it")
+
+
+def _same_process(pid: int, started_at: str | None) -> bool:
+    """False when ``pid`` is a newer process that reused the number of the one that wrote it."""
+    if not started_at:
+        return True
+    import psutil
+
+    try:
+        created = psutil.Process(pid).create_time()
+        return created <= dt.datetime.fromisoformat(started_at).timestamp() + 2
+    except (psutil.Error, ValueError):
+        return False
+
+
+def read_status(run_dir, waiters=None) -> dict:
     """The run's status as a reader should see it.
 
     Only the worker writes ``state``; this adds what it cannot say itself: ``stopping``
-    while a STOP file waits for it, and ``failed`` when its process is gone (killed,
-    crashed) or never started.
+    while a STOP file waits for it, ``failed`` when its process is gone (killed,
+    crashed) or never started, and ``queue_ahead`` (see :func:`queue_position`) while queued.
+    ``waiters`` is :func:`waiting_runs` computed once by a caller reading many runs.
     """
     run_dir = Path(run_dir)
     status = _read_json(run_dir / "status.json")
     if status is None:
         raise UserError(f"{run_dir} is not a run folder (no status.json)")
     checkpoint = latest_checkpoint(run_dir)
-    if status.get("state") in ACTIVE:
-        pid = status.get("pid")
+    if status.get("state") in ACTIVE and not status.get("remote"):  # a remote run's worker is elsewhere
+        pid, alive = status.get("pid"), worker_alive(run_dir)
+        if not alive and _valid_pid(pid):  # a train() called in-process holds no lock
+            alive = pid_alive(pid) and _same_process(pid, status.get("started_at"))
         age = (dt.datetime.now() - dt.datetime.fromisoformat(status.get("updated_at", now()))).total_seconds()
-        if (pid and not pid_alive(pid)) or (not pid and age > 120):
+        if not alive and (pid or age > 120):
             where = (f"`python -m core resume {run_dir}` continues from the last checkpoint ({checkpoint.name})"
                      if checkpoint else "no checkpoint was saved (set save_every to keep some), so "
                      f"`python -m core resume {run_dir}` starts again from step 0")
@@ -126,7 +303,58 @@ def read_status(run_dir) -> dict:
             status["state"] = "stopping"
     status["run_id"] = run_dir.name
     status["checkpoint"] = str(checkpoint) if checkpoint else None
+    status["queue_ahead"] = queue_position(run_dir, status, waiters) if status["state"] == "queued" else None
     return status
+
+
+# -- the queue: who waits ahead of whom ---------------------------------------------------------
+def waiting_runs(root) -> list[tuple[float, str]]:
+    """``(queued_at, run folder name)`` of every run in ``root`` whose live worker waits for a slot,
+    first in line first. A worker that died while waiting holds no lock and is not counted."""
+    out = []
+    for path in Path(root).glob("*/status.json"):
+        status = _read_json(path)
+        if (status and status.get("state") == "queued" and status.get("queued_at") is not None
+                and status.get("slot") is None and worker_alive(path.parent)):
+            out.append((float(status["queued_at"]), path.parent.name))
+    return sorted(out)
+
+
+def queue_position(run_dir, status=None, waiters=None) -> int | None:
+    """How many runs wait ahead of this one ("queued, N ahead"); None when it is not waiting.
+
+    0 means next in line (it starts when a slot frees). FIFO by the time each worker
+    joined the queue. A queued run whose worker has not joined yet counts everyone waiting.
+    """
+    run_dir = Path(run_dir)
+    status = status or _read_json(run_dir / "status.json") or {}
+    if status.get("state") != "queued" or status.get("slot") is not None:
+        return None
+    waiters = waiting_runs(run_dir.parent) if waiters is None else waiters
+    mine = next((i for i, (_, name) in enumerate(waiters) if name == run_dir.name), None)
+    return len(waiters) if mine is None else mine
+
+
+# -- whose run it is -----------------------------------------------------------------------------
+def shared_deployment() -> bool:
+    """``TUNELAB_SHARED=1``: many people share this server (single-user, the laptop default, otherwise)."""
+    return os.environ.get("TUNELAB_SHARED", "").strip() == "1"
+
+
+def can_control(run_dir, owner: str | None) -> bool:
+    """Whether session ``owner`` may stop or resume this run: anyone on a single-user install;
+    in a shared deployment, only the session recorded as its owner by :func:`create_run`."""
+    if not shared_deployment():
+        return True
+    status = _read_json(Path(run_dir) / "status.json") or {}
+    return owner is not None and status.get("owner") == owner
+
+
+def check_control(run_dir, owner: str | None, verb: str = "control") -> None:
+    """:func:`can_control` or a UserError that says why."""
+    if not can_control(run_dir, owner):
+        raise UserError(f"run {Path(run_dir).name} was started by another session; on this shared server "
+                        f"only the session that started a run can {verb} it (start your own run instead)")
 
 
 def parse_metrics_lines(lines) -> list[dict]:
@@ -196,25 +424,36 @@ def load_config(run_dir):
 
 def launch(run_dir, resume: bool = False) -> int:
     """Start the training worker as its own process (and session): a closed tab or a Streamlit
-    rerun must not stop it. Its output goes to ``log.txt``. Returns the pid."""
+    rerun must not stop it. Its output goes to ``log.txt``. Returns the pid.
+
+    Takes the run's ``worker.lock`` first (UserError if a worker holds it) and hands it to the
+    child, so there is no moment between two launches where both could start a worker.
+    """
     run_dir = Path(run_dir).resolve()
-    status = read_status(run_dir)
-    if status.get("state") in ACTIVE and pid_alive(status.get("pid")):
-        raise UserError(f"run {run_dir.name} is already {status['state']} (pid {status['pid']})")
-    (run_dir / "STOP").unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "core", "resume" if resume else "train"]
-    cmd += [str(run_dir)] if resume else [str(run_dir / "config.yaml"), "--run-dir", str(run_dir)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with (run_dir / "log.txt").open("a", encoding="utf-8") as log:  # the child keeps its own copy
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-    write_status(run_dir, state="queued", pid=proc.pid, error=None)
+    read_status(run_dir)  # a run folder, or a clear error
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not _lock_run(fd, run_dir):
+            raise UserError(_busy(run_dir))
+        (run_dir / "STOP").unlink(missing_ok=True)
+        # before the child exists: afterwards only the worker writes its state
+        write_status(run_dir, state="queued", pid=None, error=None, slot=None, queued_at=None,
+                     waiting_for=None, launched_at=now())
+        cmd = [sys.executable, "-m", "core", "resume" if resume else "train"]
+        cmd += [str(run_dir)] if resume else [str(run_dir / "config.yaml"), "--run-dir", str(run_dir)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{LOCK_FD_ENV: str(fd)})
+        with (run_dir / "log.txt").open("a", encoding="utf-8") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,),
+                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        _write_lock_pid(fd, proc.pid)
+    finally:
+        os.close(fd)  # the child's copy keeps the lock held
     return proc.pid
 
 
-def start(config, name: str | None = None, root=None) -> Path:
+def start(config, name: str | None = None, root=None, owner: str | None = None) -> Path:
     """Create a run and launch its worker: what the Fine-tune page's Start button does."""
-    run_dir = create_run(config, name, root)
+    run_dir = create_run(config, name, root, owner=owner)
     try:
         launch(run_dir)
     except OSError as exc:
@@ -224,32 +463,37 @@ def start(config, name: str | None = None, root=None) -> Path:
 
 
 def request_stop(run_dir) -> None:
-    """Ask the worker to save a checkpoint and stop (it checks after every optimizer step).
+    """Ask the worker to save a checkpoint and stop (it checks after every optimizer step;
+    a queued worker stops waiting at once).
 
-    Only a STOP file and SIGTERM: the worker itself writes the final state, so a reader
+    Only a STOP file and SIGTERM, and the signal only to the verified live worker
+    (:func:`worker_pid`): the worker itself writes the final state, so a reader
     never sees a stop request overwrite a run that has just finished.
     """
     run_dir = Path(run_dir)
     status = read_status(run_dir)
     if status.get("state") not in ACTIVE:
         raise UserError(f"run {run_dir.name} is not running (state: {status.get('state')})")
-    if not pid_alive(status.get("pid")):  # queued, worker not started yet: nothing to wait for
-        write_status(run_dir, state="stopped")
+    pid = status.get("pid")
+    if not worker_alive(run_dir) and not (_valid_pid(pid) and pid_alive(pid)):
+        write_status(run_dir, state="stopped")  # no worker started yet: nothing to wait for
         return
     (run_dir / "STOP").write_text(now())
-    try:
-        os.kill(int(status["pid"]), signal.SIGTERM)
-    except OSError:
-        pass
+    worker = worker_pid(run_dir)
+    if worker is not None:
+        try:
+            os.kill(worker, signal.SIGTERM)
+        except OSError:
+            pass
 
 
 def list_runs(root=None) -> list[dict]:
     """Every run (newest first) with its status and a few config values."""
     root = Path(root or runs_root())
-    out = []
+    out, waiters = [], waiting_runs(root)
     for run_dir in sorted(root.glob("*/status.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            status = read_status(run_dir.parent)
+            status = read_status(run_dir.parent, waiters)
         except UserError:
             continue
         status["run_dir"] = str(run_dir.parent)

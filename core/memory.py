@@ -1,4 +1,6 @@
-"""How much memory does fine-tuning need? An estimate from the config, and a measurement.
+"""How much memory does fine-tuning need? An estimate from the config alone.
+
+The measurement of a real step is :mod:`core.measure`; the machine's memory is :mod:`core.machine`.
 
 Training memory has five parts (all in bytes; P = parameters, T = trainable parameters):
 
@@ -24,45 +26,20 @@ peak is weights + optimizer state + the larger of (activations + logits + a shar
 gradients, during backward) and (gradients + the optimizer's temporaries, during its step).
 The coefficients below were measured by counting the tensors autograd saves (with
 ``torch.autograd.graph.saved_tensors_hooks``) on transformers 5.23 / torch 2.13, and checked
-against :func:`measure_step` (within ~5% of live tensor bytes; on CPU the allocator's
+against :func:`core.measure.measure_step` (within ~5% of live tensor bytes; on CPU the allocator's
 fragmentation adds 5-30% on top, which the 75% "tight" margin of :func:`verdict` is for).
 """
 
 from __future__ import annotations
 
 import copy
-import gc
-import threading
-import time
 
-EMBEDDED_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "smollm3")
+from .machine import fmt_bytes, resolve_precision
+# re-exported for the dashboard pages until they call core.engine (the probe lives in core.machine)
+from .machine import available_for_training, machine_memory  # noqa: F401
+
 GPT2_LIKE = ("gpt2", "gpt_bigcode", "gpt_neo")
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def default_lora_targets(model_type: str) -> list[str]:
-    """The modules LoRA adapts by default: the attention projections, as in the LoRA paper.
-
-    Adapting the MLP too (``gate_proj``, ``up_proj``, ``down_proj``) adds capacity and memory;
-    pass ``lora_target_modules`` to choose.
-    """
-    if model_type in GPT2_LIKE:
-        return ["c_attn", "c_proj"]  # GPT-2 fuses q, k, v into c_attn; c_proj matches attention and MLP outputs
-    if model_type in ("phi3",):
-        return ["qkv_proj", "o_proj"]
-    return ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
-def fmt_bytes(n: float) -> str:
-    """``1288490188`` -> ``'1.2 GiB'`` (binary units, as ``nvidia-smi`` and ``free`` use)."""
-    n = float(n)
-    sign = "-" if n < 0 else ""
-    n = abs(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
-        n /= 1024
-    return f"{sign}{n:.1f} TiB"  # unreachable; keeps linters quiet
 
 
 # -- the model's shape, without its weights --------------------------------------------------
@@ -193,17 +170,6 @@ def _mode(precision: str, master_weights: bool) -> str:
     return "fp32" if precision == "fp32" else ("mixed" if master_weights else "pure")
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> fp32 on CPU, bf16 on GPUs that support it, else fp16 (DESIGN.md)."""
-    if precision != "auto":
-        return precision
-    import torch
-
-    if not torch.cuda.is_available():
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def estimate(model_or_config, method: str = "full", precision: str = "fp32", batch_size: int = 4,
              max_length: int = 256, gradient_checkpointing: bool = False, lora_r: int = 16,
              lora_target_modules=None, optimizer: str = "adamw", lora_dropout: float = 0.05,
@@ -219,11 +185,14 @@ def estimate(model_or_config, method: str = "full", precision: str = "fp32", bat
         raise ValueError(f"method must be 'full' or 'lora', got {method!r}")
     if optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
-    precision = resolve_precision(precision)
+    if precision == "auto":  # explicit values stay: a CPU machine may plan a GPU's fp16 run
+        precision = resolve_precision(precision)
     mode = _mode(precision, master_weights)
     config = _config(model_or_config)
     shape = _shape(config)
     params, matmul, linears = _linear_shapes(config)
+    from .train import default_lora_targets
+
     targets = list(lora_target_modules or default_lora_targets(shape["model_type"]))
     if method == "lora":
         # peft matches a target against the end of a module's name; here, against the last part.
@@ -278,35 +247,6 @@ def verdict(total_bytes: int, available_bytes: int) -> str:
     return "tight" if total_bytes > 0.75 * available_bytes else "fits"
 
 
-def machine_memory() -> dict:
-    """RAM (total, available) and, when there is one, the GPU: name, memory in bytes, count, bf16 support."""
-    import psutil
-
-    vm = psutil.virtual_memory()
-    info = {"ram_total": vm.total, "ram_available": vm.available, "cuda": False}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            free, total = torch.cuda.mem_get_info(0)
-            info.update(cuda=True, gpu_name=props.name, gpu_total=total, gpu_available=free,
-                        gpu_count=torch.cuda.device_count(), bf16=torch.cuda.is_bf16_supported())
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            info.update(gpu_name="Apple GPU (MPS)")
-    except Exception:  # noqa: BLE001 - a broken CUDA set-up must not break the estimate page
-        pass
-    return info
-
-
-def available_for_training() -> tuple[int, str]:
-    """(bytes training can use, where): the GPU's memory when there is one, else free RAM."""
-    info = machine_memory()
-    if info["cuda"]:
-        return info["gpu_total"], f"GPU memory ({info['gpu_name']})"
-    return info["ram_available"], "free RAM"
-
-
 def oom_advice(estimate_dict: dict, available_bytes: int) -> list[str]:
     """The out-of-memory ladder, in the order to try it, each step with what it saves *here*.
 
@@ -352,169 +292,24 @@ def oom_advice(estimate_dict: dict, available_bytes: int) -> list[str]:
     return [line for line in advice if "saves -" not in line and "saves 0 B" not in line]
 
 
-# -- measurement ---------------------------------------------------------------------------
-
-class _PeakRSS:
-    """Sample this process's anonymous resident memory every few ms in a background thread.
-
-    Why sampling, not ``resource.getrusage().ru_maxrss``: ru_maxrss is the process's all-time
-    high-water mark, so a step that stays below an earlier peak (loading the model, a previous
-    step) reads as 0. Why *anonymous* memory (RSS minus file-backed pages): the first backward
-    pass pages in hundreds of MB of libtorch's code, which is RSS but not training memory and is
-    given back under pressure. PyTorch ops release the GIL, so the thread gets to run; a spike
-    shorter than the interval can be missed.
-    """
-
-    def __init__(self, interval: float = 0.002):
-        import psutil
-
-        self.proc, self.interval = psutil.Process(), interval
-        self._stop = threading.Event()
-
-    def _anon(self) -> int:
-        info = self.proc.memory_info()
-        return info.rss - getattr(info, "shared", 0)
-
-    def __enter__(self):
-        _release_free_memory()
-        self.start = self.peak = self._anon()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._anon())
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def increase(self) -> int:
-        return max(0, self.peak - self.start)
+# -- names the pages still import from here -------------------------------------------------
+# Thin aliases that keep the dashboard pages working until they call core.engine instead.
 
 
-def _release_free_memory() -> None:
-    """Give freed heap memory back to the OS (glibc), so the step's growth shows in RSS.
+def default_lora_targets(model_type: str) -> list[str]:
+    """Alias of :func:`core.train.default_lora_targets`."""
+    from .train import default_lora_targets as targets
 
-    Otherwise the step could reuse memory an earlier step freed but the process kept, and
-    the increase would read low.
-    """
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    return targets(model_type)
 
 
-def _tensor_bytes(model, optimizer=None) -> int:
-    """Bytes held by the model's parameters and buffers (and the optimizer's state)."""
-    seen, total = set(), 0
-    tensors = list(model.parameters()) + list(model.buffers())
-    if optimizer is not None:
-        tensors += [t for state in optimizer.state.values() for t in state.values() if hasattr(t, "nbytes")]
-    for t in tensors:
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.nbytes
-    return total
-
-
-def measure_step(model_name_or_model, method: str = "full", precision: str = "fp32", batch_size: int = 4,
+def measure_step(model_name_or_model, method: str = "full", precision: str = "auto", batch_size: int = 4,
                  max_length: int = 256, gradient_checkpointing: bool = False, lora_r: int = 16,
-                 lora_target_modules=None, lora_dropout: float = 0.05, steps: int = 2, device: str | None = None) -> dict:
-    """Run real training steps (forward, backward, AdamW) on random tokens and measure the peak.
+                 steps: int = 2) -> dict:
+    """Alias of :func:`core.measure.measure_step`, taking the estimate's keyword arguments."""
+    from .measure import measure_step as measure, settings_config
 
-    The batch is ``batch_size`` x ``max_length`` random token ids (labels = inputs), exactly the
-    shape the estimate assumes. Mixed precision uses ``torch.autocast`` over fp32 weights (with a
-    grad scaler for fp16 on CUDA), as the training engine does.
-
-    Why ``steps=2``: AdamW creates its state in the first step, so the first step's peak is lower
-    than every later one's; the result is the peak over the steps, and ``step_peaks`` lists each.
-
-    ``peak_bytes``: on CUDA, ``torch.cuda.max_memory_allocated`` (after resetting it), which
-    includes the weights. On CPU, the peak RSS increase during the step (sampled, see
-    :class:`_PeakRSS`) plus the bytes of the weights and optimizer state already resident before
-    it -- so both are comparable with the estimate's ``total``.
-
-    On CPU the RSS also holds glibc's heap fragmentation (freed blocks the next allocation cannot
-    reuse). For SmolLM2-135M that is ~0.1-0.2 GiB with full fine-tuning and ~0.5 GiB with LoRA
-    (many small adapter tensors); run with ``MALLOC_MMAP_THRESHOLD_=65536`` and the measurement
-    matches the estimate's live tensor bytes within 2%.
-    """
-    import torch
-
-    from .models import load_model
-
-    precision = resolve_precision(precision)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(model_name_or_model, str):
-        model, _ = load_model(model_name_or_model, device=device)
-    else:
-        model = model_name_or_model.to(device)
-    model.config.use_cache = False  # the KV cache is for generation; training never reads it
-    if gradient_checkpointing:
-        # Non-reentrant checkpointing works with frozen inputs and peft; transformers 5 renamed the method.
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable:
-            enable({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        targets = list(lora_target_modules or default_lora_targets(model.config.model_type))
-        model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=lora_dropout,
-                                                 target_modules=targets, task_type="CAUSAL_LM"))
-        if gradient_checkpointing:
-            model.enable_input_require_grads()  # checkpointed layers need an input that requires grad
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    scaler = torch.amp.GradScaler(device) if precision == "fp16" and device == "cuda" else None
-    gen = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
-    batch = torch.randint(0, vocab, (batch_size, max_length), generator=gen).to(device)
-
-    peaks, times = [], []
-    for _ in range(max(1, steps)):
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            resident = _tensor_bytes(model, optimizer)
-            meter = _PeakRSS().__enter__()
-        start = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
-            loss = model(input_ids=batch, labels=batch).loss
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-            peaks.append(torch.cuda.max_memory_allocated())
-        else:
-            meter.__exit__(None, None, None)
-            peaks.append(resident + meter.increase)
-        times.append(time.perf_counter() - start)
-        del loss
-    total, trainable = 0, 0
-    for p in {id(p): p for p in model.parameters()}.values():
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return {"peak_bytes": int(max(peaks)), "step_peaks": [int(p) for p in peaks],
-            "step_seconds": times[-1], "step_times": times, "device": device,
-            "tokens_per_s": batch_size * max_length / times[-1],  # every sequence is max_length long here
-            "how": "torch.cuda.max_memory_allocated" if device == "cuda" else "resident tensors + sampled RSS increase",
-            "method": method, "precision": precision, "batch_size": batch_size, "max_length": max_length,
-            "gradient_checkpointing": gradient_checkpointing, "lora_r": lora_r,
-            "parameters": total, "trainable_parameters": trainable}
+    name = model_name_or_model if isinstance(model_name_or_model, str) else None
+    cfg = settings_config(name or "embedded", method=method, precision=precision, batch_size=batch_size,
+                          max_length=max_length, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r)
+    return measure(cfg, steps=steps, model=None if name else model_name_or_model)

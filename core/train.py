@@ -1,11 +1,12 @@
-"""The training loop. Read it top to bottom: it is the whole of fine-tuning.
+"""The training loop. Read :func:`train_step` first: it is the whole of fine-tuning.
 
     data   -> tokenized examples, batches of similar length
     model  -> the pretrained model (+ LoRA adapters if method = lora)
-    loop   -> for each optimizer step: grad_accum micro-batches, forward, loss,
-              backward; clip; AdamW step; learning-rate schedule; log a metrics row;
-              now and then validate and checkpoint; stop when asked.
-    end    -> final/ (a folder from_pretrained opens) and status "finished".
+    step   -> train_step: forward, loss on the trained tokens, backward, clip, AdamW step,
+              learning-rate schedule (grad_accum micro-batches per step)
+    run    -> train: repeat the step; log a metrics row; now and then validate and
+              checkpoint; stop when asked; at the end final/ (a folder from_pretrained
+              opens) and status "finished".
 
 Run it as a worker: ``python -m core train config.yaml --run-dir runs/x``
 (``accelerate launch -m core train ...`` on several GPUs).
@@ -26,6 +27,7 @@ from pathlib import Path
 from . import data, models, runs
 from .config import RunConfig
 from .errors import UserError
+from .machine import auto_precision, resolve_precision
 from .registry import get_registry
 
 OOM_LADDER = (
@@ -41,6 +43,10 @@ NAN_HELP = (
     "high (try lr / 10), no gradient clipping (set max_grad_norm: 1.0), fp16 overflow (use bf16 or fp32), "
     "or broken examples (check the data with `python -m core data check`)."
 )
+# Architectures whose output layer is a plain linear map of the last hidden state (no logit
+# soft-capping or scaling), so the loss can compute logits at the trained positions only.
+PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo", "olmo2", "phi3", "gpt2", "gpt_neo",
+              "starcoder2", "stablelm")
 
 
 # -- the learning-rate schedule -------------------------------------------------------------
@@ -57,6 +63,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, scheduler: str) ->
 
 
 def warmup_steps(cfg: RunConfig, total_steps: int) -> int:
+    """Optimizer steps spent ramping the learning rate up: ``warmup_ratio`` of them, rounded up."""
     return math.ceil(cfg.warmup_ratio * total_steps)
 
 
@@ -70,35 +77,36 @@ def lr_schedule(cfg: RunConfig, total_steps: int) -> list[float]:
     return [lr_schedule_at(cfg, total_steps, s) for s in range(total_steps)]
 
 
-# -- setting up --------------------------------------------------------------------------------
-def resolve_precision(precision: str) -> str:
-    """'auto' -> fp32 on CPU, bf16 on GPUs that support it, fp16 (with a grad scaler) otherwise."""
-    import torch
-
-    from .memory import resolve_precision as resolve_auto
-
-    resolved = resolve_auto(precision)
-    if resolved == "fp16" and not torch.cuda.is_available():
-        raise UserError("precision fp16 needs a GPU (CPU kernels for fp16 training are missing); use fp32 or bf16")
-    return resolved
-
-
 def estimate_seconds(cfg: RunConfig, n_train: int, median_tokens: float, tokens_per_s: float) -> float:
     """Training time from a measured speed: steps x examples per step x tokens per example / speed."""
     return cfg.total_steps(n_train) * cfg.batch_size * cfg.grad_accum * median_tokens / tokens_per_s
 
 
-def build_model(cfg: RunConfig):
-    """The pretrained model, with LoRA adapters and gradient checkpointing as configured."""
-    model, tokenizer = models.load_model(cfg.model)
+# -- setting up --------------------------------------------------------------------------------
+def default_lora_targets(model_type: str) -> list[str]:
+    """The modules LoRA adapts by default: the attention projections, as in the LoRA paper.
+
+    Adapting the MLP too (``gate_proj``, ``up_proj``, ``down_proj``) adds capacity and memory;
+    set ``lora.target_modules`` to choose.
+    """
+    if model_type in ("gpt2", "gpt_bigcode", "gpt_neo"):
+        return ["c_attn", "c_proj"]  # GPT-2 fuses q, k, v into c_attn; c_proj matches attention and MLP outputs
+    if model_type == "phi3":
+        return ["qkv_proj", "o_proj"]
+    return ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def build_model(cfg: RunConfig, model=None):
+    """``(model, tokenizer)``: the pretrained model with LoRA adapters and checkpointing as configured.
+
+    ``model`` (optional, with its tokenizer as ``(model, tokenizer)``) skips loading ``cfg.model``.
+    """
+    model, tokenizer = model or models.load_model(cfg.model)
     model.train()
     if cfg.gradient_checkpointing:
-        model.config.use_cache = False  # the cache is useless in training and clashes with checkpointing
         model.activation_checkpointing_enable({"use_reentrant": False})  # transformers 5 name
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
-
-        from .memory import default_lora_targets
 
         targets = cfg.lora.target_modules or default_lora_targets(model.config.model_type)
         lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
@@ -110,14 +118,49 @@ def build_model(cfg: RunConfig):
 
 
 def build_optimizer(model, cfg: RunConfig):
-    """AdamW; no weight decay on biases and norm weights (1-D tensors), as is usual."""
+    """AdamW; no weight decay on biases and norm weights (1-D tensors), as is usual.
+
+    ``fused=True``: one kernel updates every tensor (on CPU and CUDA), instead of a Python loop
+    of five element-wise ops per tensor; the same maths.
+    """
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+                             fused=fused or None)
+
+
+def build_scheduler(optimizer, cfg: RunConfig, total_steps: int):
+    """The learning-rate schedule as a PyTorch scheduler: one ``step()`` per optimizer step."""
+    import torch
+
+    w = warmup_steps(cfg, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, w, cfg.scheduler))
+
+
+class Precision:
+    """How the maths runs: ``torch.autocast`` to ``dtype`` (None = fp32), and fp16's grad scaler.
+
+    Mixed precision keeps the fp32 weights (the master copy AdamW updates) and runs matrix
+    multiplies in 16 bits. fp16's narrow range needs the loss scaled up before backward and the
+    gradients scaled back before clipping; bf16 has fp32's range and needs no scaler.
+    """
+
+    def __init__(self, precision: str, device):
+        import torch
+
+        self.name, self.device_type = precision, torch.device(device).type
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=precision == "fp16")
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
 
 def micro_batches(examples, cfg: RunConfig, pad_id: int, epoch: int, skip: int, rank: int = 0, world: int = 1):
@@ -130,18 +173,101 @@ def micro_batches(examples, cfg: RunConfig, pad_id: int, epoch: int, skip: int, 
         epoch, skip = epoch + 1, 0
 
 
-def evaluate_loss(model, examples, cfg: RunConfig, pad_id: int, device) -> float:
-    """Mean loss per trained token over the validation set."""
+# -- one optimizer step ------------------------------------------------------------------------
+def trained_loss(model, batch: dict, n_tokens: int):
+    """Cross-entropy summed over the trained tokens of ``batch``, divided by ``n_tokens``.
+
+    Position t predicts token t + 1, so the labels shift by one. Only positions whose next
+    token is trained (label != -100: the answer, not the prompt or padding) need logits: the
+    hidden states there go through the output layer, a 49,152-wide matrix for SmolLM2, and
+    the rest never do. Models whose head does more than a linear map (logit soft-capping),
+    and multi-GPU runs (DDP must run the model's own forward), use the model's own loss:
+    the same number, computed over every position.
+    """
+    import torch.nn.functional as F
+
+    parts = _body_and_head(model)
+    if parts is None:
+        return model(**batch, use_cache=False, num_items_in_batch=n_tokens).loss
+    body, head = parts
+    targets = batch["labels"][:, 1:]
+    trained = targets != data.IGNORE_INDEX
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    logits = head(hidden.last_hidden_state[:, :-1][trained])  # (trained tokens, vocabulary)
+    return F.cross_entropy(logits.float(), targets[trained], reduction="sum") / n_tokens
+
+
+def _body_and_head(model):
+    """(decoder stack, output layer) of a causal LM with a plain head, else None."""
+    import torch
+
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return None
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps it
+    if getattr(causal_lm.config, "model_type", None) not in PLAIN_HEAD:
+        return None
+    return causal_lm.base_model, causal_lm.get_output_embeddings()
+
+
+def train_step(model, micro_batches: list[dict], optimizer, scheduler, precision: Precision,
+               max_grad_norm: float) -> dict:
+    """One optimizer step over ``micro_batches`` (``grad_accum`` of them): what fine-tuning is.
+
+    Returns the step's ``loss`` (mean per trained token), ``grad_norm`` (before clipping)
+    and ``tokens`` (real, unpadded tokens seen).
+    """
+    import torch
+    import torch.distributed as dist
+
+    device = next(model.parameters()).device
+    # Normalise by the trained tokens of the whole step (every micro-batch, every process), so
+    # each token weighs the same however the examples fall into micro-batches.
+    n_tokens = torch.tensor(sum(int((b["labels"][:, 1:] != data.IGNORE_INDEX).sum()) for b in micro_batches),
+                            device=device)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world > 1:
+        dist.all_reduce(n_tokens)
+    n_tokens = max(int(n_tokens), 1)
+
+    loss_sum, seen = 0.0, 0
+    for batch in micro_batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with precision.autocast():
+            loss = trained_loss(model, batch, n_tokens)  # forward
+        # backward; DDP averages gradients over processes, so scale back up to a sum over tokens
+        precision.scaler.scale(loss * world).backward()
+        loss_sum += loss.item()
+        seen += int(batch["attention_mask"].sum())
+
+    params = [p for p in model.parameters() if p.grad is not None]
+    precision.scaler.unscale_(optimizer)  # fp16: true gradients before measuring them
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if max_grad_norm > 0:  # clip: no step longer than max_grad_norm, however odd the batch
+        torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, grad_norm)
+    precision.scaler.step(optimizer)  # AdamW (fp16: skipped if the gradients overflowed)
+    precision.scaler.update()
+    scheduler.step()  # the next step's learning rate
+    optimizer.zero_grad(set_to_none=True)
+    if world > 1:  # the step's loss is over every process's tokens
+        loss_sum = torch.tensor(loss_sum, device=device)
+        dist.all_reduce(loss_sum)
+    return {"loss": float(loss_sum), "grad_norm": float(grad_norm), "tokens": seen}
+
+
+def evaluate_loss(model, examples, cfg: RunConfig, pad_id: int, precision: Precision) -> float:
+    """Mean loss per trained token over the validation set (same precision as training)."""
     import torch
 
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.no_grad():
         for idx in data.length_grouped_batches([len(e["input_ids"]) for e in examples], cfg.batch_size, 0):
             batch = {k: v.to(device) for k, v in data.collate([examples[j] for j in idx], pad_id).items()}
             n = int((batch["labels"][:, 1:] != data.IGNORE_INDEX).sum())
             if n:
-                total += model(**batch, num_items_in_batch=n).loss.item() * n
+                with precision.autocast():
+                    total += trained_loss(model, batch, n).item() * n
                 count += n
     model.train()
     return total / max(count, 1)
@@ -149,7 +275,11 @@ def evaluate_loss(model, examples, cfg: RunConfig, pad_id: int, device) -> float
 
 # -- checkpoints -------------------------------------------------------------------------------
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, position: dict) -> Path:
-    """Trainable weights, optimizer, scheduler, RNG and data position: everything resume needs."""
+    """Trainable weights, optimizer, scheduler, RNG and data position: everything resume needs.
+
+    Every ``.pt`` file holds tensors and plain Python data only, so it loads with
+    ``torch.load(weights_only=True)``: opening a checkpoint runs no code from it.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -161,8 +291,9 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, position: dict) 
     save_file(trainable, tmp / "trainable.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    version, state, gauss = random.getstate()
+    rng = {"python": [version, list(state), gauss], "torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     torch.save(rng, tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(position, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
@@ -174,6 +305,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, position: dict) 
 
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
+    """Restore what :func:`save_checkpoint` saved; returns the data position (``trainer_state.json``)."""
     import torch
     from safetensors.torch import load_file
 
@@ -182,10 +314,15 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
     model.load_state_dict(state, strict=False)
     if missing - set(state):
         raise UserError(f"{folder}: checkpoint does not match the model (were method or lora.* changed?)")
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-    rng = torch.load(folder / "rng.pt", weights_only=False)
-    random.setstate(rng["python"])
+    try:
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        rng = torch.load(folder / "rng.pt", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle refuses code objects with many error types
+        raise UserError(f"{folder}: cannot read this checkpoint safely ({type(exc).__name__}); it was written "
+                        "by another version or is damaged. Start a new run.") from None
+    version, state, gauss = rng["python"]
+    random.setstate((version, tuple(state), gauss))
     torch.set_rng_state(rng["torch"])
     if rng.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
@@ -205,7 +342,7 @@ def save_final(run_dir: Path, model, tokenizer, cfg: RunConfig) -> Path:
     return final
 
 
-# -- the loop ----------------------------------------------------------------------------------
+# -- stopping ----------------------------------------------------------------------------------
 _signalled = False
 
 
@@ -243,155 +380,160 @@ def check_fresh(run_dir: Path) -> None:
                         f"`python -m core resume {run_dir}` to continue it, or a new --run-dir")
 
 
+# -- the run: the lifecycle around train_step ----------------------------------------------------
+class _Hooks:
+    """Calls the plugins' lifecycle hooks; a plugin that raises is logged on the run, not fatal."""
+
+    def __init__(self, registry, run_dir: Path, run: dict):
+        self.registry, self.run_dir, self.run, self.errors = registry, run_dir, run, []
+
+    def __call__(self, name: str, **kwargs) -> None:
+        def on_error(plugin, exc):
+            message = f"plugin '{plugin}' raised in {name}: {type(exc).__name__}: {exc}"
+            self.errors.append(message)
+            print(f"[tunelab] {message} (training continues)", file=sys.stderr, flush=True)
+            runs.write_status(self.run_dir, plugin_errors=self.errors[-20:])
+        self.registry.call(name, on_error=on_error, run=self.run, **kwargs)
+
+
+class _Session:
+    """Everything one run holds while it trains (filled by :func:`_set_up`)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, echo, hooks: _Hooks):
+        self.cfg, self.run_dir, self.echo, self.hook = cfg, run_dir, echo, hooks
+        self.stop = StopFlag(run_dir)
+        self.position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed_s": 0.0, "tokens": 0}
+
+
 def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=None) -> dict:
     """Train ``cfg`` into ``run_dir``. Returns the result dict also given to ``on_train_end``.
 
     ``echo(row)`` receives every metrics row (the CLI prints them as JSON lines).
     """
-    import torch
-    from accelerate import Accelerator
-
     run_dir = Path(run_dir)
-    registry = registry or get_registry()
     if not resume:
         check_fresh(run_dir)
     runs.create_run(cfg, run_dir=run_dir)
     runs.remove_partial_checkpoints(run_dir)  # a worker killed mid-save leaves step-N.tmp/
     runs.write_status(run_dir, state="running", pid=os.getpid(), error=None, started_at=runs.now())
     run = {"run_dir": str(run_dir), "config": cfg.to_dict(), "total_steps": None, "start_step": 0}
-    plugin_errors = []
-
-    def hook(name, **kwargs):
-        def on_error(plugin, exc):
-            message = f"plugin '{plugin}' raised in {name}: {type(exc).__name__}: {exc}"
-            plugin_errors.append(message)
-            print(f"[tunelab] {message} (training continues)", file=sys.stderr, flush=True)
-            runs.write_status(run_dir, plugin_errors=plugin_errors[-20:])
-        registry.call(name, on_error=on_error, run=run, **kwargs)
-
+    s = _Session(cfg, run_dir, echo, _Hooks(registry or get_registry(), run_dir, run))
     result = {"state": "failed", "step": 0, "error": None, "final_dir": None, "user_error": False}
-    step = 0
-    stop = StopFlag(run_dir)
     try:
-        precision = resolve_precision(cfg.precision)
-        accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision))
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-
-        # 1. data
-        tokenizer = models.load_tokenizer(cfg.model)
-        prepared = data.prepare(cfg.data.path, tokenizer, cfg.max_length, cfg.data.format or None,
-                                cfg.data.params, cfg.data.val_fraction, cfg.seed, cfg.train_on_prompt, registry)
-        total_steps = cfg.total_steps(len(prepared.train))
-        per_epoch = cfg.steps_per_epoch(len(prepared.train))
-        run["total_steps"] = total_steps
-        runs.write_status(run_dir, total_steps=total_steps, data=prepared.summary(), precision=precision)
-
-        # 2. model, optimizer, schedule
-        model, tokenizer = build_model(cfg)
-        optimizer = build_optimizer(model, cfg)
-        w = warmup_steps(cfg, total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, total_steps, w, cfg.scheduler))
-        model, optimizer = accelerator.prepare(model, optimizer)
-        pad_id = tokenizer.pad_token_id
-
-        position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed_s": 0.0, "tokens": 0}
-        if resume and runs.latest_checkpoint(run_dir):
-            position = load_checkpoint(runs.latest_checkpoint(run_dir), accelerator.unwrap_model(model),
-                                       optimizer, scheduler)
-        if accelerator.is_main_process:
-            runs.truncate_metrics(run_dir, position["step"])  # rows past the checkpoint will be redone
-        run["start_step"] = position["step"]
-        hook("on_train_start")
-
-        # 3. the loop
-        batches = micro_batches(prepared.train, cfg, pad_id, position["epoch"], position["batch_in_epoch"],
-                                accelerator.process_index, accelerator.num_processes)
-        step, started = position["step"], time.time() - position["elapsed_s"]
-        if stop and step < total_steps:  # asked to stop while loading: nothing new to save
-            result["state"] = "stopped"
-        while step < total_steps and result["state"] != "stopped":
-            t0 = time.time()
-            micro = [next(batches) for _ in range(cfg.grad_accum)]
-            # Normalise by the trained tokens of the whole accumulated batch (not per micro-batch),
-            # so every token weighs the same however the examples fall into micro-batches.
-            n_tokens = sum(int((b["labels"][:, 1:] != data.IGNORE_INDEX).sum()) for _, _, b in micro)
-            n_tokens = int(accelerator.reduce(torch.tensor(n_tokens, device=accelerator.device), "sum"))
-            loss_sum, seen = 0.0, 0
-            for _, _, batch in micro:
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                with accelerator.autocast():
-                    loss = model(**batch, num_items_in_batch=max(n_tokens, 1)).loss
-                # DDP averages gradients over processes; scale back up to a sum over all tokens
-                accelerator.backward(loss * accelerator.num_processes)
-                loss_sum += loss.item()
-                seen += int(batch["attention_mask"].sum())
-            if cfg.max_grad_norm > 0:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            else:
-                grad_norm = torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            epoch_index, batch_index, _ = micro[-1]
-            position.update(step=step, epoch=epoch_index, batch_in_epoch=batch_index + 1,
-                            elapsed_s=time.time() - started, tokens=position["tokens"] + seen)
-
-            if not math.isfinite(_any_process(accelerator, loss_sum, "sum")):
-                raise FloatingPointError(NAN_HELP.format(loss=loss_sum, step=step))
-            if step % cfg.log_every == 0 or step == total_steps:
-                row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": round(loss_sum, 5),
-                       "lr": lr_schedule_at(cfg, total_steps, step - 1), "grad_norm": round(float(grad_norm), 5),
-                       "tokens_per_s": round(seen / (time.time() - t0), 1),
-                       "elapsed_s": round(position["elapsed_s"], 2), "tokens": position["tokens"]}
-                _emit(run_dir, row, accelerator, echo)
-                hook("on_log", metrics=row)
-                if accelerator.is_main_process:
-                    runs.write_status(run_dir, step=step, elapsed_s=row["elapsed_s"])
-            if prepared.val and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
-                eval_loss = evaluate_loss(model, prepared.val, cfg, pad_id, accelerator.device)
-                row = {"step": step, "epoch": round(step / per_epoch, 4), "eval_loss": round(eval_loss, 5),
-                       "eval_ppl": round(math.exp(min(eval_loss, 50)), 3),
-                       "elapsed_s": round(time.time() - started, 2)}
-                _emit(run_dir, row, accelerator, echo)
-                hook("on_evaluate", metrics=row)
-            # every process must agree, or one would wait forever for the others in the next step
-            stopping = _any_process(accelerator, float(bool(stop)), "max") > 0 and step < total_steps
-            if stopping or (cfg.save_every and step % cfg.save_every == 0 and step < total_steps):
-                _checkpoint(run_dir, accelerator, model, optimizer, scheduler, position)
-            if stopping:
-                result["state"] = "stopped"
-        if result["state"] != "stopped":
-            # 4. the end: the trained model, ready for from_pretrained; checkpoints are no longer needed
-            if accelerator.is_main_process:
-                result["final_dir"] = str(save_final(run_dir, accelerator.unwrap_model(model), tokenizer, cfg))
-                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            result["state"] = "finished"
-    except UserError as exc:
-        result["error"] = str(exc)
-        result["user_error"] = True
-    except FloatingPointError as exc:
-        result["error"] = str(exc)
-    except torch.OutOfMemoryError:
-        result["error"] = OOM_LADDER
-    except RuntimeError as exc:
-        if "out of memory" in str(exc).lower() or "not enough memory" in str(exc).lower():
-            result["error"] = OOM_LADDER
-        else:
-            result["error"] = f"{type(exc).__name__}: {exc}"
+        _set_up(s, resume)
+        run.update(total_steps=s.total_steps, start_step=s.position["step"])
+        s.hook("on_train_start")
+        result["state"] = _loop(s)
+        if result["state"] == "finished" and s.accelerator.is_main_process:
+            # the trained model, ready for from_pretrained; checkpoints are no longer needed
+            result["final_dir"] = str(save_final(run_dir, s.accelerator.unwrap_model(s.model), s.tokenizer, cfg))
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded; _failure says which re-raise
+        result["error"], result["user_error"], fatal = _failure(exc)
+        if fatal:
             raise
-    except BaseException as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        raise
     finally:
-        result["step"] = step
+        result["step"] = s.position["step"]
         (run_dir / "STOP").unlink(missing_ok=True)
         runs.write_status(run_dir, state=result["state"], error=result["error"], step=result["step"],
                           finished_at=runs.now())
-        hook("on_train_end", result=result)
+        s.hook("on_train_end", result=result)
     return result
+
+
+def _set_up(s: _Session, resume: bool) -> None:
+    """Data, model, optimizer, schedule, precision, and the saved position when resuming."""
+    import torch
+    from accelerate import Accelerator
+
+    cfg = s.cfg
+    precision = resolve_precision(cfg.precision)
+    s.accelerator = Accelerator()  # the device, and DDP under `accelerate launch`; autocast is ours
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    tokenizer = models.load_tokenizer(cfg.model)
+    s.data = data.prepare(cfg.data.path, tokenizer, cfg.max_length, cfg.data.format or None, cfg.data.params,
+                          cfg.data.val_fraction, cfg.seed, cfg.train_on_prompt, s.hook.registry)
+    s.total_steps = cfg.total_steps(len(s.data.train))
+    s.per_epoch = cfg.steps_per_epoch(len(s.data.train))
+    reason = auto_precision()[1] if cfg.precision == "auto" else f"{precision}: set in the config"
+    runs.write_status(s.run_dir, total_steps=s.total_steps, data=s.data.summary(), precision=precision,
+                      precision_reason=reason)
+
+    model, s.tokenizer = build_model(cfg)
+    s.model = s.accelerator.prepare(model)
+    s.optimizer = build_optimizer(s.model, cfg)  # after prepare: fused AdamW wants the final device
+    s.scheduler = build_scheduler(s.optimizer, cfg, s.total_steps)
+    s.precision = Precision(precision, s.accelerator.device)
+    s.pad_id = s.tokenizer.pad_token_id
+    if resume and runs.latest_checkpoint(s.run_dir):
+        s.position = load_checkpoint(runs.latest_checkpoint(s.run_dir), s.accelerator.unwrap_model(s.model),
+                                     s.optimizer, s.scheduler)
+    if s.accelerator.is_main_process:
+        runs.truncate_metrics(s.run_dir, s.position["step"])  # rows past the checkpoint will be redone
+
+
+def _loop(s: _Session) -> str:
+    """Repeat :func:`train_step` until the last step or a stop; returns 'finished' or 'stopped'."""
+    cfg, acc, position = s.cfg, s.accelerator, s.position
+    batches = micro_batches(s.data.train, cfg, s.pad_id, position["epoch"], position["batch_in_epoch"],
+                            acc.process_index, acc.num_processes)
+    started = time.time() - position["elapsed_s"]
+    if s.stop and position["step"] < s.total_steps:  # asked to stop while loading: nothing new to save
+        return "stopped"
+    while position["step"] < s.total_steps:
+        t0 = time.time()
+        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        out = train_step(s.model, [b for _, _, b in micro], s.optimizer, s.scheduler, s.precision,
+                         cfg.max_grad_norm)
+        step = position["step"] + 1
+        epoch_index, batch_index, _ = micro[-1]
+        position.update(step=step, epoch=epoch_index, batch_in_epoch=batch_index + 1,
+                        elapsed_s=time.time() - started, tokens=position["tokens"] + out["tokens"])
+        if not math.isfinite(out["loss"]):  # the same on every process: they stop together
+            raise FloatingPointError(NAN_HELP.format(loss=out["loss"], step=step))
+        if step % cfg.log_every == 0 or step == s.total_steps:
+            _log(s, out, round(out["tokens"] / (time.time() - t0), 1))
+        if s.data.val and ((cfg.eval_every and step % cfg.eval_every == 0) or step == s.total_steps):
+            _validate(s, started)
+        # every process must agree, or one would wait forever for the others in the next step
+        stopping = _any_process(acc, float(bool(s.stop)), "max") > 0 and step < s.total_steps
+        if stopping or (cfg.save_every and step % cfg.save_every == 0 and step < s.total_steps):
+            if acc.is_main_process:
+                save_checkpoint(s.run_dir, acc.unwrap_model(s.model), s.optimizer, s.scheduler, dict(position))
+        if stopping:
+            return "stopped"
+    return "finished"
+
+
+def _log(s: _Session, out: dict, tokens_per_s: float) -> None:
+    """A training metrics row: to metrics.jsonl, ``echo``, the ``on_log`` hook and status.json."""
+    step = s.position["step"]
+    row = {"step": step, "epoch": round(step / s.per_epoch, 4), "loss": round(out["loss"], 5),
+           "lr": lr_schedule_at(s.cfg, s.total_steps, step - 1), "grad_norm": round(out["grad_norm"], 5),
+           "tokens_per_s": tokens_per_s, "elapsed_s": round(s.position["elapsed_s"], 2),
+           "tokens": s.position["tokens"]}
+    _emit(s, row)
+    s.hook("on_log", metrics=row)
+    if s.accelerator.is_main_process:
+        runs.write_status(s.run_dir, step=step, elapsed_s=row["elapsed_s"])
+
+
+def _validate(s: _Session, started: float) -> None:
+    """A validation row: mean loss per trained token on the held-out share, and its perplexity."""
+    step = s.position["step"]
+    eval_loss = evaluate_loss(s.model, s.data.val, s.cfg, s.pad_id, s.precision)
+    row = {"step": step, "epoch": round(step / s.per_epoch, 4), "eval_loss": round(eval_loss, 5),
+           "eval_ppl": round(math.exp(min(eval_loss, 50)), 3), "elapsed_s": round(time.time() - started, 2)}
+    _emit(s, row)
+    s.hook("on_evaluate", metrics=row)
+
+
+def _emit(s: _Session, row: dict) -> None:
+    if s.accelerator.is_main_process:
+        runs.append_metrics(s.run_dir, row)
+        if s.echo:
+            s.echo(row)
 
 
 def _any_process(accelerator, value: float, how: str) -> float:
@@ -403,13 +545,20 @@ def _any_process(accelerator, value: float, how: str) -> float:
     return accelerator.reduce(torch.tensor(value, device=accelerator.device), how).item()
 
 
-def _emit(run_dir: Path, row: dict, accelerator, echo) -> None:
-    if accelerator.is_main_process:
-        runs.append_metrics(run_dir, row)
-        if echo:
-            echo(row)
+def _failure(exc: BaseException) -> tuple[str, bool, bool]:
+    """``(error message, user's mistake?, re-raise?)`` for what ended a run.
 
+    A user's mistake, divergence and running out of memory end the run with an explanation;
+    anything else is a bug or an interrupt: recorded, then re-raised with its traceback.
+    """
+    import torch
 
-def _checkpoint(run_dir, accelerator, model, optimizer, scheduler, position) -> None:
-    if accelerator.is_main_process:
-        save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, dict(position))
+    if isinstance(exc, UserError):
+        return str(exc), True, False
+    if isinstance(exc, FloatingPointError):
+        return str(exc), False, False
+    text = str(exc).lower()
+    if isinstance(exc, torch.OutOfMemoryError) or (
+            isinstance(exc, RuntimeError) and ("out of memory" in text or "not enough memory" in text)):
+        return OOM_LADDER, False, False
+    return f"{type(exc).__name__}: {exc}", False, True

@@ -1,10 +1,12 @@
 """core.memory: the estimate's shape (monotone, LoRA and checkpointing save), the verdict, the
-out-of-memory ladder, and one real measured step on a tiny model."""
+out-of-memory ladder; core.machine: bytes, the machine, precision; core.measure: one real step."""
 
 import pytest
 from transformers import GPT2Config, LlamaConfig
 
-from core import memory
+from core import machine, measure, memory, train
+from core.config import RunConfig
+from core.errors import UserError
 
 # SmolLM2-135M's shape, as a bare config: no weights, no files, no network.
 SMOL = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -68,9 +70,9 @@ def test_lora_has_far_fewer_trainable_bytes():
 
 
 def test_default_lora_targets():
-    assert memory.default_lora_targets("llama") == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert memory.default_lora_targets("qwen2") == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert memory.default_lora_targets("gpt2") == ["c_attn", "c_proj"]
+    assert train.default_lora_targets("llama") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert train.default_lora_targets("qwen2") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert train.default_lora_targets("gpt2") == ["c_attn", "c_proj"]
 
 
 def test_gpt2_config():
@@ -110,15 +112,40 @@ def test_verdict_thresholds():
 
 
 def test_fmt_bytes():
-    assert memory.fmt_bytes(512) == "512 B"
-    assert memory.fmt_bytes(1536) == "1.5 KiB"
-    assert memory.fmt_bytes(int(1.2 * 2**30)) == "1.2 GiB"
+    assert machine.fmt_bytes(512) == "512 B"
+    assert machine.fmt_bytes(1536) == "1.5 KiB"
+    assert machine.fmt_bytes(int(1.2 * 2**30)) == "1.2 GiB"
+    assert machine.fmt_bytes(3 * 2**40) == "3.0 TiB"
+    assert memory.fmt_bytes is machine.fmt_bytes  # the pages' old import still works
 
 
 def test_machine_memory():
-    info = memory.machine_memory()
+    info = machine.machine_memory()
     assert info["ram_total"] >= info["ram_available"] > 0
-    assert isinstance(info["cuda"], bool)
+    assert isinstance(info["cuda"], bool) and isinstance(info["cpu_bf16"], list)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    sapphire = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert machine.cpu_bf16_flags(sapphire) == ["avx512_bf16", "amx_bf16"]
+    assert machine.cpu_bf16_flags("flags\t: fpu avx2 avx512f avx512bw\n") == []  # emulated bf16 is not native
+    assert machine.cpu_bf16_flags("") == []
+
+
+def test_precision_auto_follows_the_machine_and_fp16_needs_a_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(machine, "cpu_bf16_flags", lambda: ["amx_bf16"])
+    assert machine.resolve_precision("auto") == "bf16"
+    assert "amx_bf16" in machine.auto_precision()[1]
+    monkeypatch.setattr(machine, "cpu_bf16_flags", lambda: [])
+    assert machine.resolve_precision("auto") == "fp32"
+    assert machine.resolve_precision("bf16") == "bf16"  # asked for explicitly: allowed, if slow
+    with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
+        machine.resolve_precision("fp16")
+    assert memory.estimate(SMOL, precision="fp16")["precision"] == "fp16"  # planning a GPU run is fine
+    assert memory.resolve_precision is machine.resolve_precision  # one meaning for the name
 
 
 def test_oom_advice_order_and_savings():
@@ -150,3 +177,34 @@ def test_measure_step_on_a_tiny_model(tiny_model):
         assert len(r["step_peaks"]) == 2 and r["device"] in ("cpu", "cuda")
         assert 0 < r["trainable_parameters"] <= r["parameters"]
     assert r["trainable_parameters"] < r["parameters"] // 10  # the LoRA run
+
+
+def test_measure_step_builds_and_steps_as_training_does(tiny_model, monkeypatch):
+    built, stepped = [], []
+    real_build, real_step = train.build_model, train.train_step
+
+    def build(cfg, model=None):
+        out = real_build(cfg, model)
+        built.append(out[0])
+        return out
+
+    monkeypatch.setattr(train, "build_model", build)
+    monkeypatch.setattr(train, "train_step", lambda *a, **k: stepped.append(a) or real_step(*a, **k))
+    cfg = RunConfig.from_dict({"model": tiny_model, "method": "lora", "lora": {"r": 4, "alpha": 4},
+                               "precision": "fp32", "batch_size": 2, "max_length": 16})
+    r = measure.measure_step(cfg, steps=1)
+    assert len(built) == 1 and len(stepped) == 1
+    # lora.alpha from the config (scale alpha / r = 1), not 2 x r
+    from peft.tuners.lora import LoraLayer
+
+    scales = {s for m in built[0].modules() if isinstance(m, LoraLayer) for s in m.scaling.values()}
+    assert scales == {1.0}
+    assert r["lora_alpha"] == 4 and r["precision"] == "fp32"
+
+
+def test_measure_in_worker_runs_the_cli_and_reports_user_errors(tiny_model):
+    r = measure.measure_in_worker({"model": tiny_model, "precision": "fp32", "batch_size": 1, "max_length": 16},
+                                  steps=1)
+    assert r["peak_bytes"] > 0 and r["batch_size"] == 1 and r["device"] in ("cpu", "cuda")
+    with pytest.raises(UserError, match="no such|not a model|does not exist"):
+        measure.measure_in_worker({"model": "/nowhere/model", "precision": "fp32"}, steps=1)

@@ -273,3 +273,66 @@ def test_curve_signals_name_overfitting_flat_curves_and_spikes():
     assert runs.curve_signals(flat)["flat"]
     spiky = flat[:6] + [{"step": 7, "loss": 6.0}] + flat[7:]
     assert runs.curve_signals(spiky)["spikes"] == [7]
+
+
+def _chat_batch(tokenizer, n=3):
+    from core import data
+
+    examples = [data.encode_messages([{"role": "user", "content": f"What is {i} plus {i}?"},
+                                      {"role": "assistant", "content": f"It is {2 * i}."}], tokenizer, 64)
+                for i in range(n)]
+    return data.collate(examples, tokenizer.pad_token_id)
+
+
+def test_trained_loss_is_the_models_loss_with_logits_only_at_trained_positions(tiny):
+    import torch
+
+    model, tokenizer = tiny
+    batch = _chat_batch(tokenizer)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < n < batch["attention_mask"].sum() - 3  # the prompt is not trained
+    rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            ours = train.trained_loss(model, batch, n)
+            theirs = model(**batch).loss  # transformers' own: logits at every position
+    finally:
+        hook.remove()
+    assert rows[0] == n  # the output layer saw the trained positions only
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+
+
+def test_train_step_reads_top_to_bottom_and_no_function_is_long():
+    import ast
+    import inspect
+
+    assert len(inspect.getsource(train.train_step).splitlines()) <= 45
+    tree = ast.parse(inspect.getsource(train))
+    long = [f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.end_lineno - f.lineno > 80]
+    assert long == []
+
+
+def test_checkpoints_load_with_weights_only_and_status_names_the_precision(tiny_model, chat_file, tmp_path):
+    import torch
+
+    cfg = config(tiny_model, chat_file, max_steps=4)
+    reg = Registry(load_external=False, extra_plugins=[(StopAfter(2), "stopper")])
+    assert train.train(cfg, tmp_path / "run", registry=reg)["state"] == "stopped"
+    folder = runs.latest_checkpoint(tmp_path / "run")
+    for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
+        torch.load(folder / name, weights_only=True)  # tensors and plain data only: no code runs
+    status = runs.read_status(tmp_path / "run")
+    assert status["precision"] in ("fp32", "bf16") and status["precision_reason"].startswith("auto:")
+
+
+def test_a_checkpoint_holding_code_is_refused(tiny_model, chat_file, tmp_path):
+    import torch
+
+    cfg = config(tiny_model, chat_file, max_steps=4)
+    reg = Registry(load_external=False, extra_plugins=[(StopAfter(2), "stopper")])
+    train.train(cfg, tmp_path / "run", registry=reg)
+    folder = runs.latest_checkpoint(tmp_path / "run")
+    torch.save({"python": os.getcwd}, folder / "rng.pt")  # a function: pickle would run code to rebuild it
+    result = train.train(cfg, tmp_path / "run", resume=True)
+    assert result["state"] == "failed" and result["user_error"] and "cannot read this checkpoint" in result["error"]

@@ -1,0 +1,116 @@
+"""This machine: its memory, its accelerator, and the precision training uses on it.
+
+One place answers "what is this computer?" for the memory estimate, the training loop, the CLI
+and the pages. torch is imported inside the functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import UserError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+# CPU flags of native bf16 maths (x86): AVX-512 BF16 dot products, or AMX tiles. Without them
+# PyTorch emulates bf16 through fp32 and autocast is slower than plain fp32.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The native-bf16 flags this CPU reports in ``/proc/cpuinfo`` ([] elsewhere, e.g. macOS)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return []
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break  # every core reports the same flags
+    return [f for f in NATIVE_BF16_FLAGS if f in flags]
+
+
+def auto_precision() -> tuple[str, str]:
+    """What ``precision: auto`` means here, and why: ``(precision, reason)``.
+
+    - a CUDA GPU: bf16 where it supports it (Ampere and later), else fp16 with a grad scaler;
+    - a CPU with native bf16 (AVX-512 BF16 or AMX): bf16 autocast, about 1.6x fp32 with the same
+      curve (docs/bench.md);
+    - any other CPU, or Apple's MPS: fp32.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"auto: {name} supports bf16"
+        return "fp16", f"auto: {name} has no bf16, so fp16 with a grad scaler"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "fp32", "auto: Apple GPU (MPS) trains in fp32"
+    flags = cpu_bf16_flags()
+    if flags:
+        return "bf16", f"auto: this CPU has native bf16 ({', '.join(flags)}), so bf16 autocast"
+    return "fp32", "auto: this CPU has no native bf16, so fp32"
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> what this machine trains fastest in (see :func:`auto_precision`); others as given.
+
+    Refuses ``fp16`` without a CUDA GPU: PyTorch's CPU kernels for fp16 training are missing or
+    slow, and its grad scaler is meant for GPUs.
+    """
+    if precision == "auto":
+        return auto_precision()[0]
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be auto, {', '.join(PRECISIONS)}; got {precision!r}")
+    import torch
+
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("precision fp16 needs a CUDA GPU (CPU kernels for fp16 training are missing); "
+                        "use auto, fp32 or bf16")
+    return precision
+
+
+def machine_memory() -> dict:
+    """RAM (total, available) and, when there is one, the GPU: name, memory in bytes, count, bf16 support.
+
+    ``cpu_bf16`` lists the CPU's native-bf16 flags (empty when it has none).
+    """
+    import psutil
+
+    vm = psutil.virtual_memory()
+    info = {"ram_total": vm.total, "ram_available": vm.available, "cuda": False, "cpu_bf16": cpu_bf16_flags()}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            free, total = torch.cuda.mem_get_info(0)
+            info.update(cuda=True, gpu_name=props.name, gpu_total=total, gpu_available=free,
+                        gpu_count=torch.cuda.device_count(), bf16=torch.cuda.is_bf16_supported())
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            info.update(gpu_name="Apple GPU (MPS)")
+    except Exception:  # noqa: BLE001 - a broken CUDA set-up must not break the estimate page
+        pass
+    return info
+
+
+def available_for_training() -> tuple[int, str]:
+    """(bytes training can use, where): the GPU's memory when there is one, else free RAM."""
+    info = machine_memory()
+    if info["cuda"]:
+        return info["gpu_total"], f"GPU memory ({info['gpu_name']})"
+    return info["ram_available"], "free RAM"
+
+
+def fmt_bytes(n: float) -> str:
+    """``1288490188`` -> ``'1.2 GiB'`` (binary units, as ``nvidia-smi`` and ``free`` use)."""
+    n = float(n)
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    return f"{sign}{n:.1f} TiB"

@@ -298,6 +298,30 @@ def cmd_prepare_embedded(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """The TuneLab service on a GPU box (``core.service``): the Ray backend's interactive verbs."""
+    from .service import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
+def _ray_route(args):
+    """The Ray backend's version of train/resume/stop/status, or None to act here: ``train`` when
+    TUNELAB_BACKEND=ray, the others when the run folder mirrors a Ray job (it has backend.json)."""
+    if args.command not in ("train", "resume", "stop", "status"):
+        return None
+    from .backends import ray
+
+    if args.command == "train":
+        from .engine import backend_settings
+
+        return ray.cli_train if backend_settings()["backend"] == "ray" else None
+    if not ray.read_backend(args.run_dir):
+        return None
+    return {"resume": ray.cli_resume, "stop": ray.cli_stop, "status": ray.cli_status}[args.command]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m core", description="TuneLab's fine-tuning engine.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -367,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prepare-embedded", help="convert the embedded model once (done by make run)")
     s.set_defaults(func=cmd_prepare_embedded)
+
+    s = sub.add_parser("serve", help="the TuneLab service for the Ray backend (run it on the GPU box)")
+    s.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (put TLS in front)")
+    s.add_argument("--port", type=int, default=8266)
+    s.set_defaults(func=cmd_serve)
     return p
 
 
@@ -377,7 +406,8 @@ def main(argv=None) -> int:
 
         install_stop_signals()
     try:
-        return args.func(args)
+        remote = _ray_route(args)
+        return remote(args) if remote else args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

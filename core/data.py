@@ -176,6 +176,9 @@ def _unknown_format(path, head: str, registry) -> str:
             value = json.loads(bare)
         except ValueError:
             value = ...
+        except RecursionError:
+            return (f"{path.name}, row 1: nested too deeply (thousands of levels of brackets); a record holds "
+                    "strings and short lists, so the file is probably damaged or not a data set")
         if value is None or isinstance(value, (bool, int, float, str)):
             kind = "null" if value is None else ("a true/false value" if isinstance(value, bool) else
                                                  "a single string" if isinstance(value, str) else "a number")
@@ -189,6 +192,11 @@ def _unknown_format(path, head: str, registry) -> str:
                 "JSON lines, e.g. python -c \"import yaml, json, sys; [print(json.dumps(r)) for r in "
                 "yaml.safe_load(open(sys.argv[1]))]\" FILE > out.jsonl")
     keys = _first_keys(bare)
+    wrapped = _wrapped_list(bare) if keys else None
+    if wrapped:
+        key, n = wrapped
+        return (f"{path.name}: the file is one JSON object holding {n} records under the key '{key}'; save just "
+                f"that list (the value of '{key}') as the file, or one record per line")
     if keys:
         return (f"{path.name}: the records have the keys {', '.join(keys[:8])}, which no installed format reads "
                 f"(installed: {names}); rename the keys (e.g. to instruction/output or messages) or choose a "
@@ -200,9 +208,21 @@ def _looks_like_yaml(path, bare: str) -> bool:
     if path.suffix.lower() in (".yaml", ".yml") or bare.startswith("---"):
         return True
     lines = [ln for ln in bare.splitlines()[:20] if ln.strip() and not ln.lstrip().startswith("#")]
-    pattern = re.compile(r"^(- )?[A-Za-z_][\w-]*: ")
+    pattern = re.compile(r"^\s*(- )?[A-Za-z_][\w-]*: ")
     return len(lines) >= 2 and sum(bool(pattern.match(ln)) for ln in lines) >= len(lines) // 2 + 1 \
         and bool(re.match(r"^- [A-Za-z_][\w-]*: ", lines[0]))
+
+
+def _wrapped_list(bare: str):
+    """``(key, n)`` when the file is one object holding a list of records under one key."""
+    try:
+        value, end = json.JSONDecoder().raw_decode(bare)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict) or bare[end:].strip():
+        return None
+    lists = [(k, len(v)) for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    return lists[0] if len(lists) == 1 else None
 
 
 def _first_keys(bare: str) -> list[str]:

@@ -64,7 +64,7 @@ def parse_error(exc: BaseException) -> tuple[str | None, str]:
         return key, (f"the key '{key}' appears twice in this record, and only one value can be kept; "
                      "delete the duplicate")
     if isinstance(exc, RecursionError):
-        return None, ("nested too deeply (hundreds of levels of brackets); a record holds strings and short "
+        return None, ("nested too deeply (thousands of levels of brackets); a record holds strings and short "
                       "lists, so the file is probably damaged or not a data set")
     if isinstance(exc, json.JSONDecodeError):
         return None, f"invalid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object"
@@ -143,9 +143,14 @@ def _iter_array(path):
             pos, row = pos + 1, row + 1
             continue
         if pos < end and text[pos] == "]":
+            pos = _skip_space(text, pos + 1)
+            if pos < end:  # e.g. two arrays pasted one after the other: the second would be lost
+                line = text.count("\n", 0, pos) + 1
+                yield row + 1, None, (None, f"text after the closing ']' of the array, at line {line}; a JSON "
+                                            "file holds one array: merge the records into it or delete the rest")
             return
         line = text.count("\n", 0, pos) + 1
-        yield row + 1, None, (None, f"invalid JSON at line {line} (expected ',' or ']' after record {row}); "
+        yield row + (pos < end), None, (None, f"invalid JSON at line {line} (expected ',' or ']' after record {row}); "
                                     "check for a missing comma or bracket there")
         return
 

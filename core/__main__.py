@@ -286,6 +286,37 @@ def cmd_memory(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Export a finished run to GGUF + Modelfile + README card, verified by reading the GGUF back."""
+    from . import export
+    from .memory import fmt_bytes
+
+    sampler = {"name": args.sampler, "params": _params(args.param)} if args.sampler else None
+
+    def progress(fraction, message):
+        if sys.stderr.isatty():
+            print(f"\r[{fraction:4.0%}] {message[:60]:<60}", end="", file=sys.stderr, flush=True)
+
+    try:
+        result = export.export_run(args.run_dir, args.out, args.type, sampler, progress=progress)
+    except export.ExportCheckFailed as exc:  # the export's own failure, not the user's: exit 1, one line
+        print(("\n" if sys.stderr.isatty() else "") + f"error: {exc}", file=sys.stderr)
+        return 1
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    check = result["verification"]
+    for kind, path in result["paths"].items():
+        print(f"{kind:<17} {path} ({fmt_bytes(result['sizes'][kind])})")
+    print(f"read back: top-1 agreement {check['top1_agreement']:.1%} over {check['positions']} positions "
+          f"(needs {check['threshold']:.0%}); {result['seconds']['total']:.1f} s")
+    print(f"run it:  cd {args.out} && {result['commands']['ollama']}")
+    print(f"    or:  {result['commands']['llama_cpp']}")
+    return 0
+
+
 def cmd_prepare_embedded(args) -> int:
     """Convert the embedded model once (``make run`` calls this so the first page load is fast)."""
     import time
@@ -388,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gradient-checkpointing", action="store_true")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_memory)
+
+    s = sub.add_parser("export", help="export a finished run to GGUF + an Ollama Modelfile, checked by reading back")
+    s.add_argument("run_dir")
+    s.add_argument("--out", required=True, help="folder for NAME.gguf, Modelfile and README.md (created if missing)")
+    s.add_argument("--type", default="f16", help="f16 (full quality) or q8_0 (about half the size)")
+    s.add_argument("--sampler", help="write this sampler into the Modelfile as Ollama PARAMETERs")
+    s.add_argument("--param", action="append", help="sampler parameter name=value")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("prepare-embedded", help="convert the embedded model once (done by make run)")
     s.set_defaults(func=cmd_prepare_embedded)

@@ -329,7 +329,9 @@ class Registry:
         for impl in self._impls(hook_name):
             try:
                 results.append(impl.function(**{a: kwargs[a] for a in impl.argnames}))
-            except Exception as exc:  # noqa: BLE001
+            # SystemExit too: a plugin calling sys.exit() must not end a training run either;
+            # KeyboardInterrupt (the user's second Ctrl-C) still goes through
+            except (Exception, SystemExit) as exc:  # noqa: BLE001
                 if self.strict:
                     raise
                 if on_error:

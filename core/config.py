@@ -172,6 +172,27 @@ class RunConfig:
         """Optimizer steps in one pass over ``n_train`` examples."""
         return max(1, -(-n_train // self.batch_size) // self.grad_accum)
 
+    def split_sizes(self, n_examples: int) -> tuple[int, int]:
+        """``(n_train, n_val)``: how ``data.val_fraction`` splits ``n_examples`` (see :func:`split_sizes`)."""
+        return split_sizes(n_examples, self.data.val_fraction)
+
+
+def split_sizes(n_examples: int, val_fraction: float) -> tuple[int, int]:
+    """``(n_train, n_val)`` for ``n_examples``: the validation share rounded, at least one example
+    when ``val_fraction > 0``, and never all of them (training needs one). ``core.data.prepare``
+    splits with it, and the pages count steps with it, so the two always agree."""
+    if n_examples <= 1:
+        return max(0, n_examples), 0
+    n_val = int(round(n_examples * val_fraction))
+    n_val = min(max(n_val, 1 if val_fraction > 0 else 0), n_examples - 1)
+    return n_examples - n_val, n_val
+
+
+def changed_keys(cfg: RunConfig) -> dict:
+    """The keys of ``cfg`` that differ from the defaults, dotted (``lora.r``), with their values."""
+    base = _flatten(RunConfig().to_dict())
+    return {k: v for k, v in _flatten(cfg.to_dict()).items() if base.get(k) != v}
+
 
 def _flatten(raw: dict, prefix: str = "") -> dict:
     out = {}

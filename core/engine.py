@@ -26,6 +26,7 @@ from typing import Iterator
 from .errors import UserError
 
 RUN_PREFIX = "run:"
+ACTIVE = ("queued", "running", "stopping")  # a run's states while it is not over (core.runs.ACTIVE)
 
 
 def engine_installed() -> bool:
@@ -119,7 +120,9 @@ class Engine:
 
     # -- lessons 3 and 7: memory --------------------------------------------------------------
     def estimate_memory(self, config: dict) -> dict:
-        """Estimated peak training memory of a run config (``core.memory.estimate``) and the verdict here."""
+        """Estimated peak training memory of a run config (``core.memory.estimate``) and the verdict here:
+        the estimate's parts plus ``available``, ``where``, ``verdict``, ``advice`` (the out-of-memory
+        ladder against what is available; [] when it fits) and ``ladder`` (the rungs regardless)."""
         raise NotImplementedError
 
     def machine(self) -> dict:
@@ -181,11 +184,12 @@ class Engine:
     def evaluate(self, run_id: str, data_path: str | None = None, evaluators: list[str] | None = None,
                  limit: int | None = None, max_new_tokens: int = 96, evaluator_params: dict | None = None,
                  progress=None) -> dict:
-        """Base against tuned on held-out data (``core.evaluate.evaluate_run``); saved with the run."""
+        """Base against tuned on held-out data (``core.evaluate.evaluate_run``); saved with the run.
+        The report carries ``summary`` and ``ranking`` (``core.evaluate.with_comparison``)."""
         raise NotImplementedError
 
     def eval_report(self, run_id: str) -> dict | None:
-        """The run's saved evaluation report, or None."""
+        """The run's saved evaluation report with ``summary`` and ``ranking`` (as :meth:`evaluate`), or None."""
         raise NotImplementedError
 
     # -- after the lesson: export ---------------------------------------------------------------
@@ -193,6 +197,97 @@ class Engine:
                    progress=None) -> dict:
         """GGUF + Ollama Modelfile of the run's model (``core.export.export_run``)."""
         raise NotImplementedError
+
+    # -- plugins: switch, browse, install (on the machine that runs them) ------------------------
+    def set_plugin_enabled(self, name: str, enabled: bool) -> None:
+        """Switch an installed plugin on or off from the next load on (``core.registry.set_enabled``)."""
+        raise self._not_offered("switching plugins on and off")
+
+    def catalog(self) -> list[dict]:
+        """The reviewed community plugins (``catalog.json``), each with ``installed`` (a version or None)."""
+        raise self._not_offered("the plugin catalog")
+
+    def install_plugin(self, package: str) -> dict:
+        """pip-install a catalog entry: ``{"ok", "message", "installed", "plugins", "restart_needed", ...}``."""
+        raise self._not_offered("installing plugins")
+
+    def embedded_ready(self) -> bool:
+        """Whether the embedded model is converted already (using it takes a second, not the first
+        conversion's 20). A remote box converts it on first use, so the default is True."""
+        return True
+
+    # -- answered here, the same for every backend: pure rules on plain data ---------------------
+    def plan_summary(self, config: dict, n_records: int | None, median_tokens: float | None = None,
+                     tokens_per_s: float | None = None) -> dict:
+        """What a planned run means, for ``n_records`` examples in its data: ``{"n_train", "n_val",
+        "total_steps", "warmup_steps", "lr_schedule" (the lr at each step), "effective_batch",
+        "changed" ({key: value} that differ from the defaults), "cli_sets" (the same as
+        ``--set key=value`` strings; ``data.params`` only fits in a file), "seconds"}``.
+
+        ``seconds`` is ``core.train.estimate_seconds`` from a measured speed and the data's median
+        example length, None when either is unknown. Pure: no model and no data file are read.
+        """
+        from . import train
+        from .config import RunConfig, changed_keys
+
+        cfg = RunConfig.from_dict(config, "the planned run")
+        n_train, n_val = cfg.split_sizes(int(n_records or 0))
+        total = cfg.total_steps(n_train)
+        changed = changed_keys(cfg)
+        cli_sets = [f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in changed.items() if k != "data.params"]
+        seconds = (train.estimate_seconds(cfg, n_train, median_tokens, tokens_per_s)
+                   if n_records and median_tokens and tokens_per_s else None)
+        return {"n_train": n_train, "n_val": n_val, "total_steps": total,
+                "warmup_steps": train.warmup_steps(cfg, total), "lr_schedule": train.lr_schedule(cfg, total),
+                "effective_batch": cfg.batch_size * cfg.grad_accum, "changed": changed, "cli_sets": cli_sets,
+                "seconds": seconds}
+
+    def loop_source(self) -> dict:
+        """``{"name", "source"}`` of the training step learners read (``core.train.train_step``;
+        ``core.train.train`` until the step is its own function). Read from the file, not imported,
+        so it needs no torch."""
+        import ast
+
+        path = Path(__file__).with_name("train.py")
+        text = path.read_text(encoding="utf-8")
+        functions = {node.name: node for node in ast.parse(text).body if isinstance(node, ast.FunctionDef)}
+        name = "train_step" if "train_step" in functions else "train"
+        return {"name": f"core.train.{name}", "source": ast.get_source_segment(text, functions[name])}
+
+    def save_upload(self, name: str, content: bytes) -> str:
+        """Keep a file a learner uploaded (``core.uploads.save_upload``: a safe, unique name; old
+        uploads expire) and return its path. Saved where the dashboard runs: a remote backend sends
+        data files on to its box itself."""
+        from .uploads import save_upload
+
+        return str(save_upload(name, content))
+
+    def allowed_data(self, path: str, uploads: list[str] | tuple = ()) -> str:
+        """``path`` if the dashboard may read it (a bundled data set or one of ``uploads``), else a
+        UserError saying which files it may read (``core.uploads.allowed_data``)."""
+        from .uploads import allowed_data
+
+        return str(allowed_data(path, uploads))
+
+    def _not_offered(self, what: str) -> UserError:
+        return UserError(f"The {self.name} backend does not offer {what}: do it on the machine that runs the "
+                         "engine (`python -m core plugins` there).")
+
+
+# -- pure rules the pages' charts and captions read (no backend involved) ------------------------
+
+def ema(values: list[float], weight: float) -> list[float]:
+    """The curve smoothing of the Fine-tune lesson (``core.runs.ema``)."""
+    from .runs import ema as _ema
+
+    return _ema(values, weight)
+
+
+def curve_signals(rows: list[dict], smoothing: float = 0.6) -> dict | None:
+    """What a run's curves show so far: overfitting, flat, spikes (``core.runs.curve_signals``)."""
+    from .runs import curve_signals as _signals
+
+    return _signals(rows, smoothing)
 
 
 def _plugin_rows(registry, kind: str, extra=()) -> list[dict]:
@@ -389,7 +484,8 @@ class LocalEngine(Engine):
         available = where["available"]
         return {**est, "available": available, "where": where["where"],
                 "verdict": memory.verdict(est["total"], available) if available else None,
-                "advice": memory.oom_advice(est, available) if available else []}
+                "advice": memory.oom_advice(est, available) if available else [],
+                "ladder": memory.oom_advice(est, est["total"])}  # the rungs, as if it had only just not fitted
 
     def machine(self) -> dict:
         from .memory import available_for_training, machine_memory
@@ -495,14 +591,14 @@ class LocalEngine(Engine):
         run_dir = self._run_dir(run_id)
         base = self.load(runs.load_config(run_dir).model)
         tuned = self.load(run_model(run_id))
-        return evaluate.evaluate_run(run_dir, data_path, evaluators=evaluators, limit=limit,
-                                     max_new_tokens=max_new_tokens, progress=progress, registry=self._registry(),
-                                     evaluator_params=evaluator_params, loaded=(base, tuned))
+        return evaluate.with_comparison(evaluate.evaluate_run(
+            run_dir, data_path, evaluators=evaluators, limit=limit, max_new_tokens=max_new_tokens, progress=progress,
+            registry=self._registry(), evaluator_params=evaluator_params, loaded=(base, tuned)))
 
     def eval_report(self, run_id) -> dict | None:
         from . import evaluate
 
-        return evaluate.load_report(self._run_dir(run_id))
+        return evaluate.with_comparison(evaluate.load_report(self._run_dir(run_id)))
 
     # -- export ---------------------------------------------------------------------------------
     def export_run(self, run_id, out_dir, type="f16", sampler=None, progress=None) -> dict:
@@ -510,6 +606,34 @@ class LocalEngine(Engine):
         from . import export
 
         return export.export_run(self._run_dir(run_id), out_dir, type=type, sampler=sampler, progress=progress)
+
+    # -- plugins --------------------------------------------------------------------------------
+    def set_plugin_enabled(self, name, enabled) -> None:
+        from .registry import reset_registry, set_enabled
+
+        set_enabled(name, bool(enabled))
+        reset_registry()  # the next verb loads the plugins again, with this one on or off
+
+    def catalog(self) -> list[dict]:
+        from .catalog import with_status
+
+        return with_status()
+
+    def install_plugin(self, package) -> dict:
+        from . import catalog
+        from .registry import reset_registry
+
+        caps = self.capabilities()
+        if not caps["install_plugins"]:
+            raise UserError(f"Installing plugins is turned off here: {caps['why']}.")
+        result = catalog.install(catalog.find(package))
+        reset_registry()  # the next verb sees the new entry points
+        return result
+
+    def embedded_ready(self) -> bool:
+        from .models import embedded_ready
+
+        return embedded_ready()
 
 
 # -- choosing the backend ---------------------------------------------------------------------

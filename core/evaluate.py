@@ -169,6 +169,73 @@ def load_report(run_dir) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+# -- reading a report: what changed, and where ------------------------------------------------
+
+def summary_rows(report: dict) -> list[dict]:
+    """Base against tuned, one row per metric that both models have:
+    ``{"evaluator", "metric", "base", "tuned", "change", "relative_change", "higher_is_better", "verdict"}``.
+
+    ``verdict`` is ``better`` / ``same`` / ``worse`` in the evaluator's own direction (lower
+    perplexity is better); ``relative_change`` is None when the base is 0.
+    """
+    info = (report.get("tuned") or {}).get("evaluators", {})
+    rows = []
+    for name, entry in (report.get("metrics") or {}).items():
+        higher = info.get(name, {}).get("higher_is_better", True)
+        for metric, change in (entry.get("delta") or {}).items():
+            if change is None:
+                continue
+            base = entry["base"].get(metric)
+            better = change > 0 if higher else change < 0
+            rows.append({"evaluator": name, "metric": metric, "base": base, "tuned": entry["tuned"].get(metric),
+                         "change": change, "relative_change": change / base if base else None,
+                         "higher_is_better": higher,
+                         "verdict": "better" if better else ("same" if change == 0 else "worse")})
+    return rows
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def rankable(report: dict) -> list[str]:
+    """The evaluators with a per-sample score for both models on at least one sample."""
+    pairs = list(zip(report["base"]["samples"], report["tuned"]["samples"]))
+    return [name for name in report.get("metrics") or {}
+            if any(_finite_number(b["scores"].get(name)) and _finite_number(t["scores"].get(name)) for b, t in pairs)]
+
+
+def rank_samples(report: dict, by: str, k: int | None = None) -> dict:
+    """The samples where training helped most (``best``, most improved first) and hurt most
+    (``worst``, most hurt first) by evaluator ``by``'s per-sample score.
+
+    ``k`` defaults to 3, or half the samples when there are fewer than 6, so a sample is never
+    both. Each entry: ``{"index", "question", "reference", "base_answer", "tuned_answer",
+    "base", "tuned", "change"}`` (scores of ``by``; ``change`` = tuned - base).
+    """
+    higher = (report["tuned"].get("evaluators") or {}).get(by, {}).get("higher_is_better", True)
+    entries = []
+    for i, (b, t) in enumerate(zip(report["base"]["samples"], report["tuned"]["samples"])):
+        before, after = b["scores"].get(by), t["scores"].get(by)
+        if _finite_number(before) and _finite_number(after):
+            entries.append({"index": i, "question": b["question"], "reference": b["reference"],
+                            "base_answer": b["answer"], "tuned_answer": t["answer"],
+                            "base": before, "tuned": after, "change": after - before})
+    entries.sort(key=lambda e: e["change"] if higher else -e["change"], reverse=True)  # most improved first
+    k = min(3, max(1, len(entries) // 2)) if k is None else k
+    return {"by": by, "higher_is_better": higher, "best": entries[:k],
+            "worst": list(reversed(entries[-k:])) if entries else []}
+
+
+def with_comparison(report: dict | None) -> dict | None:
+    """``report`` plus ``summary`` (:func:`summary_rows`) and ``ranking`` ({evaluator:
+    :func:`rank_samples`} for each :func:`rankable` one): what the Evaluate page shows."""
+    if report is None:
+        return None
+    return {**report, "summary": summary_rows(report),
+            "ranking": {name: rank_samples(report, name) for name in rankable(report)}}
+
+
 def _encoder(tokenizer, max_length: int):
     """``encode(messages) -> {input_ids, labels}`` masked exactly as in training (for perplexity)."""
     from .data import encode_messages

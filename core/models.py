@@ -61,10 +61,17 @@ def embedded_dir() -> Path:
     return tunelab_home() / "models" / EMBEDDED_NAME
 
 
+def embedded_ready() -> bool:
+    """Whether the embedded model has been converted already, so loading it (or reading its
+    config for an estimate) takes a second, not the one-off conversion's 20."""
+    target = embedded_dir()
+    return (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file()
+
+
 def ensure_embedded() -> Path:
     """Return the safetensors copy of the embedded model, converting the GGUF file once."""
     target = embedded_dir()
-    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
+    if embedded_ready():
         return target
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -58,13 +58,14 @@ def loss_curve_png(rows: list[dict], path: Path, title: str) -> None:
 
 
 def metric(report: dict, evaluator: str, key: str) -> dict:
-    m = report["metrics"].get(evaluator, {})
-    base, tuned = m.get("base", {}).get(key), m.get("tuned", {}).get(key)
-    out = {"base": base, "tuned": tuned}
-    if base is not None and tuned is not None:
-        out["change"] = tuned - base
-        if base:
-            out["relative_change"] = (tuned - base) / base
+    """Base, tuned, change and relative change of one metric (core.evaluate.summary_rows, as the Evaluate page)."""
+    row = next((r for r in evaluate.summary_rows(report) if (r["evaluator"], r["metric"]) == (evaluator, key)), None)
+    if row is None:  # a side failed or lacks the metric: what there is, no change
+        m = report["metrics"].get(evaluator, {})
+        return {"base": m.get("base", {}).get(key), "tuned": m.get("tuned", {}).get(key)}
+    out = {"base": row["base"], "tuned": row["tuned"], "change": row["change"]}
+    if row["relative_change"] is not None:
+        out["relative_change"] = row["relative_change"]
     return out
 
 

@@ -1,179 +1,98 @@
-"""What every page shares: session state, cached loaders, the concept box, plugin param forms.
+"""What every page shares: the backend badge, clear errors, the concept box, plugin param forms,
+token chips, a run picker and number formatting.
 
-Nothing heavy is imported at module level (no torch, no transformers): the Welcome page imports
-this module and must paint at once. The functions that need the engine import it when called.
+Nothing here holds a model or a rule of the engine: pages ask ``dashboard.state.engine()`` (the
+facade, ``core.engine``) for everything, by name. No torch, no transformers: the Streamlit Cloud
+app imports this module without them.
 """
 
 from __future__ import annotations
 
 import html
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import streamlit as st
 
-REPO = Path(__file__).resolve().parent.parent
-EMBEDDED = "embedded"
+from core.errors import UserError
+from dashboard import state
 
-# Session-state keys shared between pages (one place, so pages agree on the names).
-MODEL_NAME = "model_name"          # what the user loaded on page 1: "embedded", a Hub id or a folder
-BEFORE_ANSWER = "before_answer"    # the base model's answer, kept to compare after training
-DATA = "data"                      # {"path", "format", "params"} chosen on page 2
-DATA_RECORDS = "data_records"      # how many records the data set has, counted on page 2
-DATA_MEDIAN_TOKENS = "data_median_tokens"  # the data's median example length in tokens, from page 2
-RUN_CONFIG = "run_config"          # the RunConfig as a plain dict, built on page 3
-N_TRAIN = "n_train"                # training examples (the data minus the validation share), from page 3
-TOKENS_PER_S = "tokens_per_s"      # a measured training speed, when one is known
-CURRENT_RUN = "ft.run"             # the run page 4 looks at; pages 5 and 6 pick it first
+REPO = Path(__file__).resolve().parent.parent
+HEALTH_TTL_S = 15  # how long the sidebar trusts its last look at the backend
 
 
 @contextmanager
 def user_errors():
-    """Show a ``core.errors.UserError`` as one clear line, never as a traceback."""
-    from core.errors import UserError
-
+    """Show a ``core.errors.UserError`` (``EngineMissing`` included) as one clear line, never a traceback."""
     try:
         yield
     except UserError as exc:
         st.error(str(exc), icon=":material/error:")
 
 
-# -- cached loaders (once per process, shared by every session) ---------------------------
+# -- where the work runs ---------------------------------------------------------------------
 
-def folder_signature(name: str) -> tuple:
-    """What changes when a model folder is rewritten: its files' names, sizes and modification times.
-
-    A run folder stands for its final/ (as in ``core.models.resolve``), which a resumed run that
-    finishes again writes anew. ``()`` for the embedded model and Hub ids, which do not change.
-    """
-    if name == EMBEDDED:
-        return ()
-    path = Path(name).expanduser()
-    if (path / "final").is_dir():
-        path = path / "final"
+@st.cache_data(ttl=HEALTH_TTL_S, show_spinner=False)
+def _health() -> dict:
     try:
-        if not path.is_dir():
-            return ()
-        files = [(f.name, f.stat()) for f in path.iterdir() if f.is_file()]
-        return (path.stat().st_mtime_ns,) + tuple(sorted((n, s.st_size, s.st_mtime_ns) for n, s in files))
-    except OSError:  # being rewritten right now: the load that follows reports it
-        return ()
+        return state.engine().health()
+    except UserError as exc:  # e.g. an unknown TUNELAB_BACKEND: the badge says so, the page goes on
+        return {"ok": False, "backend": "?", "where": "nowhere", "detail": str(exc)}
 
 
-_signatures: dict[tuple[str, str], tuple] = {}  # (loader, name) -> the signature its cached entry was loaded at
+def backend_badge() -> None:
+    """In the sidebar: where the work runs, and whether that backend answers (checked every ~15 s)."""
+    health = _health()
+    colour, word = ("green", "answers") if health.get("ok") else ("red", "does not answer")
+    st.sidebar.markdown(f":{colour}-badge[{health.get('backend', '?')} · {word}]  \n"
+                        f"Work runs on **{health.get('where', '?')}**")
+    if health.get("detail"):
+        st.sidebar.caption(health["detail"])
 
 
-def _fresh(loader, name: str):
-    """``loader(name, signature)``: cached until the folder changes; the stale entry is dropped then."""
-    signature = folder_signature(name)
-    old = _signatures.get((loader.__name__, name))
-    if old is not None and old != signature:
-        loader.clear(name, old)
-    _signatures[(loader.__name__, name)] = signature
-    return loader(name, signature)
-
-
-@st.cache_resource(show_spinner="Loading the model (the first load of the embedded model converts it once)…")
-def _load_model(name: str, signature: tuple):
-    from core.models import load_model as _load
-
-    return _load(name)
-
-
-@st.cache_resource(show_spinner="Loading the tokenizer…")
-def _load_tokenizer(name: str, signature: tuple):
-    from core.models import load_tokenizer as _load
-
-    return _load(name)
-
-
-def load_model(name: str = EMBEDDED):
-    """``(model, tokenizer)`` from ``core.models.load_model``, loaded once per version of the folder.
-
-    A UserError is raised, not cached.
-    """
-    return _fresh(_load_model, name)
-
-
-def load_tokenizer(name: str = EMBEDDED):
-    return _fresh(_load_tokenizer, name)
-
-
-@st.cache_resource(show_spinner=False)
-def registry():
-    """The plugin registry (``core.registry.get_registry``)."""
-    from core.registry import get_registry
-
-    return get_registry()
-
-
-def reload_registry() -> None:
-    """After enabling or disabling a plugin: forget the cached registry."""
-    registry.clear()
-
-
-def current_model_name() -> str:
-    return st.session_state.get(MODEL_NAME, EMBEDDED)
-
-
-def loaded_model():
-    """The model loaded on page 1 (or None): only a cache lookup if it was loaded already."""
-    if MODEL_NAME not in st.session_state:
-        return None
-    try:
-        return load_model(st.session_state[MODEL_NAME])
-    except Exception:  # noqa: BLE001 - page 1 shows the error; other pages just go without
-        return None
-
-
-def planned_config() -> dict:
-    """The run as lesson 3 set it up (a plain dict); if it was skipped, the engine's defaults with
-    the choices of lessons 1 and 2 (model, data, max_length, train_on_prompt)."""
-    if RUN_CONFIG in st.session_state:
-        return st.session_state[RUN_CONFIG]
-    from core.config import RunConfig
-
-    raw = RunConfig().to_dict()
-    raw["model"] = current_model_name()
-    if DATA in st.session_state:
-        raw["data"].update(st.session_state[DATA])
-    for key in ("max_length", "train_on_prompt"):
-        if f"data_{key}" in st.session_state:
-            raw[key] = st.session_state[f"data_{key}"]
-    return raw
-
-
-def finished_runs() -> list[dict]:
-    """Runs (newest first) that finished with a trained model in their final/ folder."""
-    from core import runs
-
-    return [r for r in runs.list_runs() if r.get("state") == "finished" and (Path(r["run_dir"]) / "final").is_dir()]
-
-
-def pick_finished_run(finished: list[dict], label: str, key: str, help: str, none_option: str | None = None):
-    """A select box over ``finished`` (lesson 4's run first); the chosen run's folder, or None for ``none_option``."""
-    ids = [r["run_id"] for r in finished] + ([none_option] if none_option else [])
-    preferred = st.session_state.get(CURRENT_RUN)
-    chosen = st.selectbox(label, ids, index=ids.index(preferred) if preferred in ids else 0, key=key, help=help)
-    return next((Path(r["run_dir"]) for r in finished if r["run_id"] == chosen), None)
-
-
-@st.cache_data(show_spinner=False, ttl=60)
+@st.cache_data(ttl=60, show_spinner=False)
 def machine() -> dict:
-    """This machine: CPU cores, RAM, GPU (core.memory.machine_memory; torch is imported there, lazily)."""
-    from core.memory import machine_memory
+    """The machine training runs on (``Engine.machine``): cores, RAM, GPU, what training may use."""
+    return state.engine().machine()
 
-    return {"cpu_cores": os.cpu_count() or 1, **machine_memory()}
+
+@st.cache_data(ttl=30, show_spinner=False)
+def plugin_items(kind: str) -> list[dict]:
+    """The engine's ``data_formats`` / ``samplers`` / ``evaluators`` rows (cached 30 s: the
+    Plugins page clears it when a plugin is switched on or off)."""
+    if kind not in ("data_formats", "samplers", "evaluators"):
+        raise ValueError(f"unknown plugin kind {kind!r}")
+    return getattr(state.engine(), kind)()
+
+
+def finished_run_picker(label: str, key: str, help: str, none_option: str | None = None):
+    """A select box over the runs that finished (lesson 4's run first), from ``Engine.list_runs``.
+
+    Returns ``(run id or None, [finished run ids])``; None when ``none_option`` is chosen, and
+    ``(None, [])`` without a widget when no run finished and there is no ``none_option``. A
+    finished run's trained model is ``core.engine.run_model(run_id)``.
+    """
+    finished = [r["run_id"] for r in state.engine().list_runs() if r.get("state") == "finished"]
+    if not finished and none_option is None:
+        return None, []
+    ids = finished + ([none_option] if none_option else [])
+    preferred = state.current_run()
+    chosen = st.selectbox(label, ids, index=ids.index(preferred) if preferred in ids else 0, key=key, help=help)
+    return (None if chosen == none_option else chosen), finished
 
 
 # -- formatting --------------------------------------------------------------------------
 
 def human_bytes(n: float | None) -> str:
-    """``1.2 GiB`` (core.memory's format), or ``unknown``."""
-    from core.memory import fmt_bytes  # a light module: torch is imported only inside its functions
-
-    return "unknown" if n is None else fmt_bytes(n)
+    """``1.2 GiB`` (binary units, as ``free`` and ``nvidia-smi`` use), or ``unknown``."""
+    if n is None:
+        return "unknown"
+    n, sign = abs(float(n)), "-" if n < 0 else ""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    return f"{sign}{n:.1f} TiB"
 
 
 def human_count(n: float | None) -> str:
@@ -228,20 +147,9 @@ def param_form(specs: list[dict], key: str, values: dict | None = None, containe
         name, kind = spec["name"], spec["type"]
         label = spec.get("label") or name.replace("_", " ").capitalize()
         value = values.get(name, spec.get("default"))
-        help_text = spec.get("help")
-        wkey = f"{key}.{name}"
-        lo, hi = spec.get("min"), spec.get("max")
+        help_text, wkey = spec.get("help"), f"{key}.{name}"
         if kind in ("int", "float"):
-            cast = int if kind == "int" else float
-            value = cast(value) if value is not None else (cast(lo) if lo is not None else cast(0))
-            lo_c = cast(lo) if lo is not None else None
-            hi_c = cast(hi) if hi is not None else None
-            if lo_c is not None and hi_c is not None:
-                step = spec.get("step") or (1 if kind == "int" else _float_step(lo_c, hi_c))
-                out[name] = box.slider(label, lo_c, hi_c, value, step=cast(step), help=help_text, key=wkey)
-            else:
-                out[name] = box.number_input(label, min_value=lo_c, max_value=hi_c, value=value,
-                                             step=None if kind == "float" else 1, help=help_text, key=wkey)
+            out[name] = _number_widget(box, spec, label, value, help_text, wkey)
         elif kind == "bool":
             out[name] = box.toggle(label, value=bool(value), help=help_text, key=wkey)
         elif kind == "choice":
@@ -251,6 +159,20 @@ def param_form(specs: list[dict], key: str, values: dict | None = None, containe
         else:
             out[name] = box.text_input(label, value="" if value is None else str(value), help=help_text, key=wkey)
     return out
+
+
+def _number_widget(box, spec: dict, label: str, value, help_text, wkey: str):
+    """A slider when both bounds are known, else a number box."""
+    kind, lo, hi = spec["type"], spec.get("min"), spec.get("max")
+    cast = int if kind == "int" else float
+    value = cast(value) if value is not None else (cast(lo) if lo is not None else cast(0))
+    lo_c = cast(lo) if lo is not None else None
+    hi_c = cast(hi) if hi is not None else None
+    if lo_c is not None and hi_c is not None:
+        step = spec.get("step") or (1 if kind == "int" else _float_step(lo_c, hi_c))
+        return box.slider(label, lo_c, hi_c, value, step=cast(step), help=help_text, key=wkey)
+    return box.number_input(label, min_value=lo_c, max_value=hi_c, value=value,
+                            step=None if kind == "float" else 1, help=help_text, key=wkey)
 
 
 def _float_step(lo: float, hi: float) -> float:
@@ -264,6 +186,7 @@ def _float_step(lo: float, hi: float) -> float:
 # -- tokens, shown as coloured chips --------------------------------------------------------
 
 _CHIP_COLOURS = ("#dbeafe", "#fde68a", "#bbf7d0", "#fecaca", "#e9d5ff", "#fed7aa", "#a5f3fc")
+IGNORED = -100  # the label of a token the loss skips (core.data.IGNORE_INDEX), as encode_example returns it
 
 
 def _visible(piece: str) -> str:
@@ -288,18 +211,13 @@ def masked_tokens_html(pieces: list[str], labels: list[int]) -> str:
     """Prompt tokens (label -100, not trained on) grey and struck; response tokens green."""
     spans = []
     for piece, label in zip(pieces, labels):
-        if label == -100:
+        if label == IGNORED:
             style = "background:#eeeeee;color:#9a9a9a;text-decoration:line-through"
         else:
             style = "background:#bbf7d0;color:#14532d;font-weight:600"
         spans.append(f'<span style="{style};display:inline-block;margin:1px;padding:1px 3px;border-radius:4px;'
                      f'font-family:monospace;font-size:0.85rem">{_visible(piece)}</span>')
     return f'<div style="display:flex;flex-wrap:wrap;line-height:1.8">{"".join(spans)}</div>'
-
-
-def decode_pieces(tokenizer, ids: list[int]) -> list[str]:
-    """Each token id as the text it stands for (so chips read as words, not byte symbols)."""
-    return [tokenizer.decode([i]) for i in ids]
 
 
 def next_step(page: str, label: str, icon: str = ":material/arrow_forward:") -> None:

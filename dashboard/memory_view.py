@@ -1,64 +1,76 @@
-"""The memory estimate as a chart with a verdict: shared by lesson 3 (Set up) and lesson 7 (Memory).
+"""The memory estimate as a chart with a verdict, and the time estimate: shared by lesson 3 (Set up)
+and lesson 7 (Memory).
 
-All numbers come from ``core.memory`` (and the time from ``core.train``); this module only chooses
-what to ask and how to show it.
+Every number comes from the engine (``Engine.estimate_memory``, ``Engine.plan_summary``); this
+module only chooses what to ask and how to show it.
 """
 
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
-from core import memory, train
 from core.config import RunConfig
-from dashboard import charts, common
+from dashboard import charts, common, state
 
 VERDICT_STYLE = {"fits": (st.success, ":material/check_circle:"), "tight": (st.warning, ":material/warning:")}
+# The keys the memory estimate reads: a smaller cache key, so set-ups that differ elsewhere share it.
+ESTIMATE_KEYS = ("model", "method", "precision", "batch_size", "max_length", "gradient_checkpointing")
 
 
-def settings_from_config(cfg: RunConfig) -> dict:
-    """The estimate's inputs from a RunConfig, with 'auto' precision as this machine resolves it."""
-    return {"model": cfg.model, "method": cfg.method, "precision": memory.resolve_precision(cfg.precision),
-            "batch_size": cfg.batch_size, "max_length": cfg.max_length,
-            "gradient_checkpointing": cfg.gradient_checkpointing, "lora_r": cfg.lora.r}
+def estimate_inputs(cfg: RunConfig, **changes) -> dict:
+    """The part of a run config the estimate reads, with ``changes`` applied."""
+    raw = cfg.to_dict()
+    inputs = {k: raw[k] for k in ESTIMATE_KEYS} | {"lora": {"r": raw["lora"]["r"]}}
+    lora_r = changes.pop("lora_r", None)
+    if lora_r is not None:
+        inputs["lora"] = {"r": lora_r}
+    return inputs | changes
 
 
-@st.cache_data(show_spinner="Estimating memory…", max_entries=200)
-def estimate(model: str, method: str, precision: str, batch_size: int, max_length: int,
-             gradient_checkpointing: bool, lora_r: int) -> dict:
-    return memory.estimate(model, method=method, precision=precision, batch_size=batch_size, max_length=max_length,
-                           gradient_checkpointing=gradient_checkpointing, lora_r=lora_r)
+@st.cache_data(show_spinner="Estimating memory…", max_entries=200, ttl=30)
+def _estimate(config_json: str) -> dict:
+    return state.engine().estimate_memory(json.loads(config_json))
 
 
-def estimate_section(cfg: RunConfig | None, key: str) -> dict | None:
-    """Stacked bar of the estimate against this machine, the verdict, and the estimated time."""
+def estimate(inputs: dict) -> dict:
+    """``Engine.estimate_memory`` of a (partial) run config, cached for 30 s (free memory moves)."""
+    return _estimate(json.dumps(inputs, sort_keys=True))
+
+
+def estimate_section(cfg: RunConfig | None, key: str, n_records: int | None) -> dict | None:
+    """Stacked bar of the estimate against the machine, the verdict, and the estimated time."""
     if cfg is None:
         return None
-    settings = settings_from_config(cfg)
     est = None
     with common.user_errors():
-        est = estimate(**settings)
+        est = estimate(estimate_inputs(cfg))
     if est is None:
         return None
-    available, where = memory.available_for_training()
-    verdict = memory.verdict(est["total"], available) if available else None
+    available, verdict = est.get("available"), est.get("verdict")
     st.plotly_chart(charts.memory_bar(est, available, verdict), width="stretch", key=f"{key}.memory_chart")
     show, icon = VERDICT_STYLE.get(verdict, (st.error, ":material/dangerous:"))
     show(f"**{verdict or 'unknown'}**: about {common.human_bytes(est['total'])} at the peak, "
-         f"{common.human_bytes(available)} of {where} here ({settings['precision']}).", icon=icon)
-    time_estimate(cfg)
+         f"{common.human_bytes(available)} of {est.get('where', 'memory')} where training runs "
+         f"({est['precision']}).", icon=icon)
+    time_estimate(cfg, n_records)
     return est
 
 
-def time_estimate(cfg: RunConfig) -> None:
-    """Time from a measured speed when one is known (lesson 7's measured step), for lesson 3's data size."""
-    tokens_per_s = st.session_state.get(common.TOKENS_PER_S)
-    n_train = st.session_state.get(common.N_TRAIN)
-    median = st.session_state.get(common.DATA_MEDIAN_TOKENS)
-    if not tokens_per_s or not n_train or not median:
+def time_estimate(cfg: RunConfig, n_records: int | None) -> None:
+    """Time from a measured speed when one is known (lesson 7's measured step), for the data's size."""
+    tokens_per_s = st.session_state.get(state.TOKENS_PER_S)
+    median = (st.session_state.get(state.DATA_SUMMARY) or {}).get("median_tokens")
+    if not tokens_per_s or not n_records or not median:
         st.caption("Estimated time: **unknown** until a training step has been measured on this machine "
                    "(lesson 7: *Measure a real step*) and the data checked (lesson 2).")
         return
-    seconds = train.estimate_seconds(cfg, n_train, median, tokens_per_s)
-    st.caption(f"Estimated time: **{common.human_seconds(seconds)}** — {cfg.total_steps(n_train)} steps × "
-               f"{cfg.batch_size * cfg.grad_accum} examples × ~{median:.0f} tokens at the measured "
+    summary = None
+    with common.user_errors():
+        summary = state.engine().plan_summary(cfg.to_dict(), n_records, median, tokens_per_s)
+    if summary is None:
+        return
+    st.caption(f"Estimated time: **{common.human_seconds(summary['seconds'])}** — {summary['total_steps']} steps × "
+               f"{summary['effective_batch']} examples × ~{median:.0f} tokens at the measured "
                f"{tokens_per_s:,.0f} tokens/s.")

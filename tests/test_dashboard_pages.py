@@ -115,15 +115,16 @@ def test_a_rewritten_model_folder_is_loaded_again(tiny_model, tmp_path):
 
         import streamlit as st
 
-        from dashboard import common
+        from dashboard import state
 
         run = st.session_state["run"]
-        first = common.load_model(run)
-        st.session_state["cached"] = common.load_model(run) is first
+        engine = state.engine()  # the engine the pages name models to; it holds them, bounded
+        first = engine.load(run)
+        st.session_state["cached"] = engine.load(run) is first
         config = Path(run) / "final" / "config.json"
         later = config.stat().st_mtime_ns + 10**9
         os.utime(config, ns=(later, later))  # as if save_final had written it again
-        st.session_state["reloaded"] = common.load_model(run) is not first
+        st.session_state["reloaded"] = engine.load(run) is not first
 
     at = AppTest.from_function(script, default_timeout=TIMEOUT)
     at.session_state["run"] = str(tmp_path / "run")
@@ -195,7 +196,7 @@ def test_prepare_data_report_histogram_and_masking(tiny_model):
     assert fig["layout"]["shapes"][0]["x0"] == 256  # the max_length cut
     masked = at.html[-1].value
     assert "line-through" in masked and "#bbf7d0" in masked  # prompt struck, reply green
-    assert at.session_state["data"]["format"] == "alpaca"
+    assert at.session_state["plan"]["data"]["format"] == "alpaca"
 
 
 def captions(at) -> list[str]:
@@ -203,7 +204,8 @@ def captions(at) -> list[str]:
 
 
 def test_set_up_training_schedule_memory_and_yaml(tiny_model):
-    at = open_page("set_up_training", model_name=tiny_model, tokens_per_s=1000.0, data_median_tokens=50)
+    at = open_page("set_up_training", model_name=tiny_model, plan={"model": tiny_model}, tokens_per_s=1000.0,
+                   data_summary={"median_tokens": 50})
     assert at.segmented_control(key="cfg.method").value == "full"
     for key in ("cfg.lr", "cfg.batch_size", "cfg.grad_accum", "cfg.max_length"):
         at.select_slider(key=key)
@@ -219,12 +221,13 @@ def test_set_up_training_schedule_memory_and_yaml(tiny_model):
 
     at.segmented_control(key="cfg.method").set_value("lora").run()
     assert not at.exception
-    assert at.session_state["run_config"]["method"] == "lora"
+    assert at.session_state["plan"]["method"] == "lora"
     assert any("--set method=lora" in c.value for c in at.code)
 
 
 def test_memory_page_compares_setups(tiny_model):
-    at = open_page("memory", model_name=tiny_model, n_train=270, tokens_per_s=1000.0, data_median_tokens=50)
+    at = open_page("memory", model_name=tiny_model, plan={"model": tiny_model}, tokens_per_s=1000.0,
+                   data_summary={"records": 300, "median_tokens": 50})
     bar, comparison = figures(at)
     assert len([t for t in bar["data"] if t["type"] == "bar"]) == len(charts.MEMORY_PARTS)
     assert comparison["data"][0]["x"][0] == "basic"
@@ -234,7 +237,7 @@ def test_memory_page_compares_setups(tiny_model):
 
 
 def test_memory_page_measures_a_real_step(tiny_model):
-    at = open_page("memory", model_name=tiny_model)
+    at = open_page("memory", model_name=tiny_model, plan={"model": tiny_model})
     at.select_slider(key="mem.max_length").set_value(64)
     at.select_slider(key="mem.batch_size").set_value(1).run()
     next(b for b in at.button if b.label.startswith("Measure a real step")).click().run()

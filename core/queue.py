@@ -33,7 +33,7 @@ from .errors import UserError
 
 SLOTS_DIR = ".slots"
 MAX_SLOTS = 64  # a hard ceiling whatever memory says
-POLL_S = 0.5
+POLL_S = 1.0  # each look reads the run store's status files: once a second is plenty
 
 
 def slots_dir(run_dir) -> Path:

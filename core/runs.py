@@ -293,11 +293,14 @@ def read_status(run_dir, waiters=None) -> dict:
         if not alive and _valid_pid(pid):  # a train() called in-process holds no lock
             alive = pid_alive(pid) and _same_process(pid, status.get("started_at"))
         age = (dt.datetime.now() - dt.datetime.fromisoformat(status.get("updated_at", now()))).total_seconds()
-        if not alive and (pid or age > 120):
+        # launch() holds the lock from before it writes launched_at until its worker exits
+        launched = status.get("launched_at") and not pid
+        if not alive and (pid or launched or age > 120):
             where = (f"`python -m core resume {run_dir}` continues from the last checkpoint ({checkpoint.name})"
                      if checkpoint else "no checkpoint was saved (set save_every to keep some), so "
                      f"`python -m core resume {run_dir}` starts again from step 0")
-            why = "ended without finishing (killed or crashed)" if pid else "never started"
+            why = ("ended without finishing (killed or crashed)" if pid else
+                   "ended before training started (its log.txt says why)" if launched else "never started")
             status.update(state="failed", interrupted=True, error=f"interrupted: the worker process {why}; {where}.")
         elif status["state"] == "running" and (run_dir / "STOP").exists():
             status["state"] = "stopping"

@@ -197,6 +197,8 @@ def test_catalog_tab_installs_only_after_the_warning_is_acknowledged(monkeypatch
 
     pending = entry(package="tunelab-foo", installed=None, plugins=[])
     monkeypatch.setattr(catalog, "with_status", lambda path=None: [pending])
+    # the page installs through the engine, which looks the package up in the catalog first
+    monkeypatch.setattr(catalog, "find", lambda package, path=None: pending)
     installs, resets = [], []
 
     def fake_install(e, path=None):

@@ -254,3 +254,14 @@ def test_runs_beyond_the_cap_wait_queued_and_start_when_a_slot_frees(tiny_model,
     wait_for(lambda: runs.read_status(second)["state"] == "finished", what="the second run to get the slot")
     assert runs.read_status(first)["state"] == "stopped"
     assert loss_steps(second) == [1, 2, 3]
+
+
+def test_a_launched_worker_that_dies_before_training_reads_as_failed_at_once(tmp_path):
+    run_dir = runs.create_run(RunConfig(), "broken", root=tmp_path)
+    (run_dir / "config.yaml").write_text("lr: [1\n")  # the worker refuses it and exits
+    pid = runs.launch(run_dir)
+    assert runs.worker_alive(run_dir) or runs.read_status(run_dir)["state"] == "failed"
+    os.waitpid(pid, 0)
+    status = runs.read_status(run_dir)  # not "queued" for two minutes: the lock says it is gone
+    assert status["state"] == "failed" and "ended before training started" in status["error"]
+    assert "invalid YAML" in (run_dir / "log.txt").read_text()

@@ -473,6 +473,7 @@ class LocalEngine(Engine):
 
     # -- memory ---------------------------------------------------------------------------------
     def estimate_memory(self, config: dict) -> dict:
+        require_engine("Estimating memory")  # it reads the model's config with transformers
         from . import memory
         from .config import RunConfig
 
@@ -570,6 +571,7 @@ class LocalEngine(Engine):
 
     # -- generate -------------------------------------------------------------------------------
     def next_token_distribution(self, model, prompt, sampler="greedy", params=None, top=15) -> dict:
+        require_engine("Reading the next-token probabilities")  # before core.generate, which imports torch
         from . import generate
 
         loaded, tok = self.load(model)
@@ -577,6 +579,7 @@ class LocalEngine(Engine):
                                                 registry=self._registry())
 
     def generate(self, model, prompt, sampler="greedy", params=None, max_new_tokens=128, seed=0):
+        require_engine("Generating text")  # before core.generate, which imports torch
         from . import generate
 
         loaded, tok = self.load(model)
@@ -586,6 +589,7 @@ class LocalEngine(Engine):
     # -- evaluate -------------------------------------------------------------------------------
     def evaluate(self, run_id, data_path=None, evaluators=None, limit=None, max_new_tokens=96,
                  evaluator_params=None, progress=None) -> dict:
+        require_engine("Evaluating a run")
         from . import evaluate, runs
 
         run_dir = self._run_dir(run_id)

@@ -19,7 +19,6 @@ import math
 from pathlib import Path
 
 from .errors import UserError
-from .generate import generate_batch
 from .registry import get_registry, resolve_params
 
 REPORT = Path("eval") / "report.json"
@@ -65,6 +64,8 @@ def evaluate_model(model, tokenizer, samples: list[dict], evaluators=None, sampl
     "samples": [{"prompt", "question", "reference", "answer", "scores": {evaluator: value}}],
     "evaluators": {name: {"higher_is_better", "description"}}, "settings": {...}}``.
     """
+    from .generate import generate_batch  # torch: here, so reading a saved report needs none
+
     registry = registry or get_registry()
     names = list(evaluators) if evaluators is not None else list(registry.items("evaluators"))
     # A user's mistake (unknown name, bad param) stops here, before minutes of generation.

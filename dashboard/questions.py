@@ -17,6 +17,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.config import RunConfig
+from core.errors import UserError
 from dashboard import common, lessons, memory_view, state
 
 HOW_TO_MEASURE = "make lesson"
@@ -73,7 +74,10 @@ def no_figures_note(short: bool = False) -> None:
             f"`docs/results.json`, which this page reads.", icon=":material/science:")
 
 
-def embedded_missing_note() -> None:
+def embedded_missing_note(f: "Facts") -> None:
+    if f.why:
+        st.caption("The memory figures need the engine (see the note at the top of the page).")
+        return
     st.info("The memory figures appear once the embedded model has been converted: open **1 · Load a model** "
             "(or run `make run`) once.", icon=":material/download:")
 
@@ -97,12 +101,14 @@ class Facts:
         self.ckpt = bool(get(self.results, "config", "gradient_checkpointing",
                              default=defaults.gradient_checkpointing))
         self.setup_name = "The lesson's own set-up" if self.results else "The engine's default set-up"
-        self.machine, self.mem_ok, self.lesson_est = {}, False, None
-        with common.user_errors():
+        self.machine, self.mem_ok, self.lesson_est, self.why = {}, False, None, None
+        try:
             self.machine = common.machine()
-            self.mem_ok = state.engine().embedded_ready()
-            if self.mem_ok:
+            if state.engine().embedded_ready():
                 self.lesson_est = estimate(self.method, self.batch, self.length, self.ckpt)
+                self.mem_ok = True
+        except UserError as exc:  # no engine here, or the backend does not answer: said once, at the top
+            self.why = str(exc)
 
 
 def laptop(f: Facts) -> None:
@@ -138,7 +144,7 @@ def laptop(f: Facts) -> None:
                         f"**{common.human_bytes(f.lesson_est['total'])}** at the peak: "
                         f"**{f.lesson_est.get('verdict') or 'unknown'}** here.")
     else:
-        embedded_missing_note()
+        embedded_missing_note(f)
     if f.results:
         st.markdown(f"The lesson's measured run trained on **{get(f.results, 'machine', 'description', default='?')}** "
                     f"in **{common.human_seconds(get(f.results, 'wall_s', 'train'))}** — no GPU needed.")
@@ -194,7 +200,7 @@ def memory_errors(f: Facts) -> None:
                     "3. Turn on gradient checkpointing.\n4. Train LoRA adapters instead of every weight.\n"
                     "5. On a GPU, use bf16 (or fp16) mixed precision.")
         if not f.mem_ok:
-            embedded_missing_note()
+            embedded_missing_note(f)
     st.markdown("Also close other programs: the free memory the estimate is compared with is shared with them.")
 
 
@@ -238,7 +244,7 @@ def data_and_memory_practices(f: Facts) -> None:
     st.subheader("Memory optimisation")
     common.lesson_box(lessons.MEMORY_OPTIMISATION, expanded=True)
     if not f.mem_ok:
-        embedded_missing_note()
+        embedded_missing_note(f)
         return
     with common.user_errors():
         totals = {label: estimate(method, f.batch, f.length, ckpt)["total"] for label, (method, ckpt) in SETUPS.items()}
@@ -310,6 +316,8 @@ def page() -> None:
         "glossary of every term the lessons use."
     )
     facts = Facts()
+    if facts.why:
+        st.error(facts.why, icon=":material/error:")
     if facts.results:
         r = facts.results
         st.caption(f"Lesson figures from `docs/results.json`, written by `{r.get('command', HOW_TO_MEASURE)}` on "

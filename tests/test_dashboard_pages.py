@@ -320,3 +320,57 @@ def test_questions_page_without_results_names_the_command(tmp_path, monkeypatch)
     assert all(q in subheaders for q in QUESTIONS + ("Glossary",))
     assert "tokens/s" not in page_text(at)  # no figures without the measured file
     assert any("**LoRA** —" in m.value for m in at.markdown)
+
+
+# -- without the engine (the Streamlit Cloud app with no backend configured) --------------------------
+
+NO_ENGINE = """
+import importlib.util, json, sys
+# As on Streamlit Cloud: the engine's packages are missing. Importing one fails, and find_spec
+# (what engine_installed and the datasets library ask) says None, as when it is not installed.
+BLOCKED = {"torch", "transformers", "peft", "accelerate"}
+
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (
+    None if name.split(".")[0] in BLOCKED else _find_spec(name, package))
+sys.meta_path.insert(0, Missing())
+sys.path.insert(0, REPO)
+import core.engine
+assert not core.engine.engine_installed()
+from streamlit.testing.v1 import AppTest
+
+out = {}
+for page in PAGES:
+    at = AppTest.from_file(REPO + "/streamlit_app.py", default_timeout=60)
+    at.session_state["model_name"] = "embedded"
+    at.run()
+    at.switch_page(f"dashboard/{page}.py").run()
+    out[page] = {"exceptions": [str(e.value) for e in at.exception], "errors": [e.value for e in at.error]}
+assert not BLOCKED & set(sys.modules), BLOCKED & set(sys.modules)  # nothing got round the block
+print(json.dumps(out))
+"""
+ALL_PAGES = ("welcome", "load_model", "prepare_data", "set_up_training", "fine_tune", "generate", "evaluate",
+             "memory", "plugins", "questions")
+
+
+def test_without_the_engine_every_page_says_so_in_a_sentence(runs_dir, embedded_dir):
+    import subprocess
+
+    script = f"REPO = {str(REPO)!r}\nPAGES = {list(ALL_PAGES)!r}\n" + NO_ENGINE
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env={**__import__("os").environ, "TUNELAB_RUNS_DIR": str(runs_dir)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    pages = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(pages) == set(ALL_PAGES)
+    for page, seen in pages.items():
+        assert not seen["exceptions"], (page, seen["exceptions"])
+        for error in seen["errors"]:  # each error is the one plain sentence with the fix
+            assert "not installed here" in error and "make setup" in error and "TUNELAB_BACKEND" in error, (page, error)
+    for page in ("load_model", "set_up_training", "memory", "generate", "questions"):
+        assert pages[page]["errors"], page  # these need the engine, and say so

@@ -593,7 +593,9 @@ def check_file(path, format: str | None = None, params: dict | None = None, toke
     - ``records`` (rows read), ``kept`` (records to train on), ``dropped`` (``{"row", "reason"}``:
       rows the format left out, such as undesirable KTO answers) and ``warnings``
       (``{"row", "message"}``: unfilled placeholders, media dropped, very long records);
-    - ``kinds``, ``empty`` and ``duplicates`` (rows), ``token_lengths`` and ``over_max_length``.
+    - ``kinds``, ``empty`` and ``duplicates`` (rows), ``token_lengths`` and ``over_max_length``;
+    - ``counts``: the totals of ``empty``, ``duplicates``, ``dropped`` and ``warnings`` (each list
+      keeps at most ``LIST_LIMIT`` rows, so a huge file's report stays small).
 
     The file is parsed before any tokenizer is needed: pass ``load_tokenizer`` (a function
     returning one) instead of ``tokenizer`` so a bad file is refused without loading a model.
@@ -602,7 +604,8 @@ def check_file(path, format: str | None = None, params: dict | None = None, toke
     """
     report = {"file": str(path), "format": format, "ok": True, "records": 0, "kept": 0, "dropped": [],
               "warnings": [], "errors": [], "empty": [], "duplicates": [], "kinds": {}, "token_lengths": None,
-              "over_max_length": 0, "max_length": max_length, "tools": None}
+              "over_max_length": 0, "max_length": max_length, "tools": None,
+              "counts": {"empty": 0, "duplicates": 0, "dropped": 0, "warnings": 0}}
     try:
         _scan(path, format, params, registry, report)
     except UserError as exc:
@@ -621,15 +624,30 @@ def check_file(path, format: str | None = None, params: dict | None = None, toke
     return report
 
 
+LIST_LIMIT = MAX_REPORTED * 50  # rows kept per list in a report; ``counts`` has the totals
+
+
+def _note(report, kind: str, item) -> None:
+    """Count one ``empty`` / ``duplicates`` / ``dropped`` / ``warnings`` item; keep it while the list is short."""
+    report["counts"][kind] += 1
+    if len(report[kind]) < LIST_LIMIT:
+        report[kind].append(item)
+
+
 def _scan(path, format, params, registry, report) -> None:
-    """Pass 1: parse every row; fill the report's counts, problems and warnings (raises UserError on bad rows)."""
+    """Pass 1: parse every row; fill the report's counts, problems and warnings (raises UserError on bad rows).
+
+    Memory stays small whatever the file's size: one record at a time, an 8-byte digest
+    per record for the duplicates, and bounded lists.
+    """
     name, events = iter_events(path, format, params, registry)
     report["format"] = name
+    report["counts"] = {"empty": 0, "duplicates": 0, "dropped": 0, "warnings": 0}
     seen, errors = {}, []
     for event in events:
         row = event["row"]
-        if len(report["warnings"]) < MAX_REPORTED * 50:  # enough to act on, bounded for a huge file
-            report["warnings"] += [{"row": row, "message": w} for w in event.get("warnings") or ()]
+        for message in event.get("warnings") or ():
+            _note(report, "warnings", {"row": row, "message": message})
         if "error" in event:
             errors.append({"row": row, **event["error"]})
             if len(errors) >= MAX_REPORTED:
@@ -637,8 +655,7 @@ def _scan(path, format, params, registry, report) -> None:
             continue
         report["records"] += 1
         if "dropped" in event:
-            if len(report["dropped"]) < MAX_REPORTED * 50:
-                report["dropped"].append({"row": row, "reason": event["dropped"]})
+            _note(report, "dropped", {"row": row, "reason": event["dropped"]})
             continue
         record = event["record"]
         report["kept"] += 1
@@ -646,27 +663,26 @@ def _scan(path, format, params, registry, report) -> None:
         report["kinds"][kind] = report["kinds"].get(kind, 0) + 1
         if kind == "messages":
             turns = record["messages"]
-            if any(not (m["content"] or "").strip() and not m.get("tool_calls") for m in turns):
-                report["empty"].append(row)
+            empty = any(not (m["content"] or "").strip() and not m.get("tool_calls") for m in turns)
             key = json.dumps([(m["role"], (m["content"] or "").strip()) for m in turns], ensure_ascii=False)
             size = sum(len(m["content"] or "") for m in turns)
             if report["tools"] is None and uses_tools(record):
                 report["tools"] = (row, uses_tools(record))
-                report["warnings"].append({"row": row, "message": (
+                _note(report, "warnings", {"row": row, "message": (
                     f"tool-calling data ('{report['tools'][1]}'): it needs a model whose chat template supports "
                     "tools; the check with a tokenizer says whether yours does")})
         else:
-            text = (record.get("text") or "").strip()
-            if not text:
-                report["empty"].append(row)
-            key, size = text, len(text)
+            key = (record.get("text") or "").strip()
+            empty, size = not key, len(key)
+        if empty:
+            _note(report, "empty", row)
         digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
         if digest in seen:
-            report["duplicates"].append({"row": row, "same_as": seen[digest]})
+            _note(report, "duplicates", {"row": row, "same_as": seen[digest]})
         else:
             seen[digest] = row
         if size > HUGE_RECORD_CHARS and kind == "messages":
-            report["warnings"].append({"row": row, "message": (
+            _note(report, "warnings", {"row": row, "message": (
                 f"a {size:,}-character record (about {size // 4:,} tokens): it will be cut to "
                 f"max_length={report['max_length']} tokens, so most of it is never trained on")})
     if errors:
@@ -674,7 +690,6 @@ def _scan(path, format, params, registry, report) -> None:
     if not report["kept"]:
         reason = f": {report['dropped'][0]['reason']}" if report["dropped"] else ""
         raise UserError(f"{Path(path).name}: no example is left to train on (read as format '{name}'){reason}")
-    report["dropped_count"] = len(report["dropped"])
 
 
 def _token_lengths(path, report, params, registry, tokenizer, max_length) -> None:
@@ -696,8 +711,10 @@ def _token_lengths(path, report, params, registry, tokenizer, max_length) -> Non
             lengths.append(len(tokenizer(record.get("text") or "", add_special_tokens=False)["input_ids"]) + 1)
     if lengths:
         ordered = sorted(lengths)
+        # from a sample, the total is scaled up to the whole file
+        total = sum(ordered) if step == 1 else round(sum(ordered) * report["kept"] / len(ordered))
         report["token_lengths"] = {"min": ordered[0], "median": statistics.median(ordered),
                                    "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
-                                   "max": ordered[-1], "total": sum(ordered), "values": lengths,
+                                   "max": ordered[-1], "total": total, "values": lengths,
                                    "sampled": len(lengths) if step > 1 else None}
         report["over_max_length"] = sum(n > max_length for n in lengths)

@@ -117,41 +117,125 @@ def iter_json_rows(path):
         yield from _iter_lines(path)
 
 
+CHUNK = 8 * 1024 * 1024  # characters read at a time from a JSON array
+
+
+class _Stream:
+    """A UTF-8 file read in growing chunks; ``text[pos:]`` is what is not consumed yet.
+
+    Consumed text is dropped as reading goes on, so a 1 GB JSON array is held a few MB at a time.
+    """
+
+    def __init__(self, path):
+        self.name = Path(path).name
+        self.file = open(path, "rb")
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.text, self.pos, self.eof, self.lines = "", 0, False, 0
+
+    def more(self) -> bool:
+        """Read the next chunk (at least as long as the unconsumed text, so one long record reads in
+        linear time); False at the end of the file."""
+        if self.eof:
+            return False
+        raw = self.file.read(max(CHUNK, len(self.text) - self.pos))
+        self.eof = not raw
+        try:
+            piece = self.decoder.decode(raw, final=self.eof)
+        except UnicodeDecodeError as exc:
+            line = self.lines + self.text.count("\n") + raw[: exc.start].count(b"\n") + 1
+            at = self.file.tell() - len(raw) + max(exc.start, 0)
+            raise ValueError(f"{self.name}, line {line}: bytes that are not UTF-8 (at byte {at}); "
+                             "re-save the file as UTF-8") from None
+        if self.pos > len(self.text) // 2:
+            self.lines += self.text.count("\n", 0, self.pos)
+            self.text, self.pos = self.text[self.pos:], 0
+        self.text += piece
+        return True
+
+    def skip_space(self) -> None:
+        while True:
+            while self.pos < len(self.text) and self.text[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.text) or not self.more():
+                return
+
+    def at(self, char: str) -> bool:
+        return self.pos < len(self.text) and self.text[self.pos] == char
+
+    def line(self) -> int:
+        return self.lines + self.text.count("\n", 0, self.pos) + 1
+
+    def decode(self):
+        """The JSON value at ``pos`` (reading on while it is incomplete); JSON errors are raised."""
+        while True:
+            try:
+                value, self.pos = DECODER.raw_decode(self.text, self.pos)
+                return value
+            except json.JSONDecodeError as exc:
+                # a value cut by the end of the chunk fails at (or just before) the end of the text
+                cut = exc.msg.startswith("Unterminated string") or exc.pos >= len(self.text) - 8
+                if cut and self.more():
+                    continue
+                exc.lineno += self.lines
+                raise
+
+    def skip_value(self) -> bool:
+        """Step over the value at ``pos`` without decoding it (after a duplicate key); False if it never ends."""
+        while True:
+            end = _skip_value(self.text, self.pos)
+            if end is not None:
+                self.pos = end
+                return True
+            if not self.more():
+                return False
+
+
 def _iter_array(path):
-    text = read_text(path)
-    pos, row = text.index("[") + 1, 1
-    end = len(text)
+    with open(path, "rb") as f:
+        if f.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            raise ValueError(f"{Path(path).name}: the file is encoded as UTF-16; re-save it as UTF-8 "
+                             "(e.g. iconv -f UTF-16 -t UTF-8 in > out)")
+    stream = _Stream(path)
+    try:
+        yield from _array_rows(stream)
+    finally:
+        stream.file.close()
+
+
+def _array_rows(s: _Stream):
+    s.skip_space()
+    s.pos += 1  # the opening "["
+    row = 1
     while True:
-        pos = _skip_space(text, pos)
-        if pos < end and text[pos] == "]" and row == 1:
+        s.skip_space()
+        if s.at("]") and row == 1:
             return
         try:
-            value, pos = DECODER.raw_decode(text, pos)
+            value = s.decode()
         except json.JSONDecodeError as exc:
             yield row, None, (None, f"invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); "
                                     "check for a missing comma, quote or bracket there")
             return  # after a syntax error the rest of the array cannot be told apart
         except (DuplicateKey, RecursionError) as exc:
             yield row, None, parse_error(exc)
-            pos = _skip_value(text, pos)
-            if pos is None:
+            if not s.skip_value():
                 return
         else:
             yield row, value, None
-        pos = _skip_space(text, pos)
-        if pos < end and text[pos] == ",":
-            pos, row = pos + 1, row + 1
+        s.skip_space()
+        if s.at(","):
+            s.pos, row = s.pos + 1, row + 1
             continue
-        if pos < end and text[pos] == "]":
-            pos = _skip_space(text, pos + 1)
-            if pos < end:  # e.g. two arrays pasted one after the other: the second would be lost
-                line = text.count("\n", 0, pos) + 1
-                yield row + 1, None, (None, f"text after the closing ']' of the array, at line {line}; a JSON "
+        if s.at("]"):
+            s.pos += 1
+            s.skip_space()
+            if s.pos < len(s.text):  # e.g. two arrays pasted one after the other: the second would be lost
+                yield row + 1, None, (None, f"text after the closing ']' of the array, at line {s.line()}; a JSON "
                                             "file holds one array: merge the records into it or delete the rest")
             return
-        line = text.count("\n", 0, pos) + 1
-        yield row + (pos < end), None, (None, f"invalid JSON at line {line} (expected ',' or ']' after record {row}); "
-                                    "check for a missing comma or bracket there")
+        ended = s.pos >= len(s.text)
+        yield row + (not ended), None, (None, f"invalid JSON at line {s.line()} (expected ',' or ']' after record "
+                                              f"{row}); check for a missing comma or bracket there")
         return
 
 

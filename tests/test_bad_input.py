@@ -232,6 +232,26 @@ def test_a_huge_record_is_not_tokenized_whole(tokenizer):
     assert ex["truncated"] and len(ex["input_ids"]) == 256 and ex["length"] > 300_000
 
 
+def test_a_json_array_is_streamed_in_chunks_with_the_same_result(tmp_path, monkeypatch):
+    """Chunk boundaries fall inside strings, escapes, numbers and literals: the rows must not change."""
+    from plugins import readers
+
+    rows = [{"instruction": f"Q{i} \u00e9\"quoted\" \\ back", "output": f"A{i} " * (i % 5), "n": i * 1.5,
+             "ok": i % 2 == 0, "none": None, "nested": {"list": [i, [i, {"x": "y"}]]}} for i in range(40)]
+    text = json.dumps(rows, indent=1, ensure_ascii=False)
+    path = write_case(tmp_path, "chunks.json", text.replace('"n": 3.0', '"n": 3.0, "n": 4'))  # row 3: a duplicate key
+    monkeypatch.setattr(readers, "CHUNK", 7)
+    got = list(readers.iter_json_rows(path))
+    assert [r for r, _, _ in got] == list(range(1, 41))
+    assert [v for _, v, e in got if e is None] == [r for k, r in enumerate(rows) if k != 2]
+    assert got[2][2] == ("n", got[2][2][1]) and "appears twice" in got[2][2][1]
+    broken = text.replace('"instruction": "Q30 ', '"instruction" "Q30 ')  # a missing colon in record 31
+    with pytest.raises(json.JSONDecodeError) as whole:
+        json.loads(broken)
+    *_, (row, value, error) = readers.iter_json_rows(write_case(tmp_path, "bad_chunks.json", broken))
+    assert row == 31 and f"invalid JSON at line {whole.value.lineno}, column {whole.value.colno}" in error[1]
+
+
 def test_cli_refuses_before_loading_a_tokenizer(tmp_path):
     """Without --no-tokens the CLI would load a tokenizer (seconds); a bad file must not wait for it."""
     path = write_case(tmp_path, "dup.jsonl", '{"instruction": "c", "output": "d", "output": ""}\n')

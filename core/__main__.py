@@ -71,7 +71,7 @@ def cmd_data_check(args) -> int:
     print(f"  duplicates: {len(dups)}" + (f" (rows {_rows([d['row'] for d in dups])})" if dups else ""))
     t = report["token_lengths"]
     if t:
-        sample = f" (from {t['sampled']:,} records spread through the file)" if t.get("sampled") else ""
+        sample = f" (estimated from {t['sampled']:,} records spread through the file)" if t.get("sampled") else ""
         print(f"  tokens: min {t['min']}, median {t['median']:g}, p95 {t['p95']}, max {t['max']}, total {t['total']}"
               + sample)
         print(f"  longer than max_length={report['max_length']}: {report['over_max_length']}")

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -36,17 +37,6 @@ def _tree(pid: int) -> list:
         return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
-
-
-def tree_rss(pid: int) -> int:
-    """Resident memory of a process and all its descendants, in bytes."""
-    total = 0
-    for proc in _tree(pid):
-        try:
-            total += proc.memory_info().rss
-        except Exception:  # exited between listing and reading
-            pass
-    return total
 
 
 class RayHead:
@@ -76,6 +66,7 @@ class RayHead:
         self.proc = None
         self.start_s = None
         self.peak_rss = 0
+        self.peak_rss_head = 0
 
     def start(self, timeout: float = 120) -> "RayHead":
         t0 = time.time()
@@ -87,6 +78,7 @@ class RayHead:
                 raise RuntimeError(f"ray start exited with {self.proc.returncode}: {self.tail()}")
             if self._jobs_api_ready():
                 self.start_s = time.time() - t0
+                threading.Thread(target=self._watch_memory, daemon=True).start()
                 return self
             time.sleep(0.5)
         self.stop()
@@ -102,10 +94,29 @@ class RayHead:
             return False
 
     def sample_rss(self) -> int:
-        """RSS of the head's whole process tree now; the peak seen so far is kept."""
-        rss = tree_rss(self.proc.pid) if self.proc else 0
-        self.peak_rss = max(self.peak_rss, rss)
-        return rss
+        """RSS of the head's whole process tree now (jobs' TuneLab workers included); the peaks seen
+        so far are kept, with and without those workers."""
+        procs = _tree(self.proc.pid) if self.proc else []
+        total = own = 0
+        for proc in procs:
+            try:
+                rss = proc.memory_info().rss
+                worker = "core" in proc.cmdline() and "-m" in proc.cmdline()
+            except Exception:  # exited between listing and reading
+                continue
+            total += rss
+            own += 0 if worker else rss
+        self.peak_rss = max(self.peak_rss, total)
+        self.peak_rss_head = max(self.peak_rss_head, own)
+        return total
+
+    def _watch_memory(self, every: float = 0.5) -> None:
+        while self.proc is not None:
+            try:
+                self.sample_rss()
+            except Exception:  # the head is being stopped
+                return
+            time.sleep(every)
 
     def tail(self, n: int = 4000) -> str:
         try:
@@ -121,27 +132,36 @@ class RayHead:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except OSError:
             pass
-        try:
-            self.proc.wait(timeout=15)
+        try:  # a test head keeps nothing worth a graceful shutdown: a few seconds, then SIGKILL
+            self.proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             pass
-        deadline = time.time() + 10
         for proc in procs:
             try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-            except Exception:
-                try:
-                    proc.kill()
-                except Exception:
-                    pass
+                proc.kill()
+            except Exception:  # already gone
+                pass
         self.log.close()
         self.proc = None
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
-if __name__ == "__main__":  # figures: python tests/ray_head.py
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) spent so far by a process tree's live processes."""
+    total = 0.0
+    for proc in _tree(pid):
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except Exception:  # exited between listing and reading
+            pass
+    return total
+
+
+if __name__ == "__main__":  # figures: .venv/bin/python tests/ray_head.py
     head = RayHead().start()
-    print(f"head up in {head.start_s:.1f} s at {head.address}; tree RSS {head.sample_rss() / 2**20:.0f} MiB")
+    print(f"head up in {head.start_s:.1f} s at {head.address} ({tree_cpu_s(head.proc.pid):.1f} CPU s so far); "
+          f"tree RSS {head.sample_rss() / 2**20:.0f} MiB")
     time.sleep(5)
-    print(f"after 5 s idle: tree RSS {head.sample_rss() / 2**20:.0f} MiB")
+    print(f"after 5 s idle: tree RSS {head.sample_rss() / 2**20:.0f} MiB (peak {head.peak_rss / 2**20:.0f} MiB)")
     head.stop()

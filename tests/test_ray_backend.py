@@ -153,7 +153,8 @@ def box(tmp_path_factory, tiny_model):
                "service_proc": service}
     finally:
         head.sample_rss()
-        FIGURES["head peak RSS of its process tree (MiB)"] = round(head.peak_rss / 2**20)
+        FIGURES["head peak RSS of its process tree, jobs included (MiB)"] = round(head.peak_rss / 2**20)
+        FIGURES["head peak RSS without the jobs' TuneLab workers (MiB)"] = round(head.peak_rss_head / 2**20)
         service.terminate()
         service.wait(10)
         log.close()
@@ -329,6 +330,11 @@ def test_stop_then_resume_keeps_steps_contiguous(box, engine, tiny_model, data_f
     steps = [r["step"] for r in engine.run_metrics(run_id) if "loss" in r]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > stopped["step"]
     assert engine.run_metrics(run_id) == runs.read_metrics(meta["box_run_dir"])
+    t0 = time.time()
+    for _ in range(5):
+        engine.sync(mirror, force=True)
+    rows = len(runs.read_metrics(mirror))
+    FIGURES[f"mirror: one catch-up with {rows} rows on the box (ms)"] = round((time.time() - t0) / 5 * 1000)
     assert any(r["run_id"] == meta["run_id"] for r in engine.list_runs())
     box["head"].sample_rss()
 

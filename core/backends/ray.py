@@ -246,6 +246,7 @@ class RayEngine(Engine):
         where = f"Ray at {self.address}"
         try:
             version = self.jobs.json("GET", "/api/version")
+            self._box = None  # ask again: the service may have gone away since
             info = self.box()
         except UserError as exc:
             return {"ok": False, "backend": self.name, "where": where, "detail": str(exc)}
@@ -396,9 +397,9 @@ class RayEngine(Engine):
         return self.call("list_runs")
 
     def find_run(self, run_id):
-        if read_backend(self.mirror_dir(run_id or "")) if run_id and "/" not in run_id else None:
-            return run_id
-        return self.call("find_run", run_id=run_id)
+        if not run_id or any(c in run_id for c in "/\\") or run_id.startswith("."):
+            return None
+        return run_id if read_backend(self.mirror_dir(run_id)) else self.call("find_run", run_id=run_id)
 
     def run_progress(self, run_id) -> dict:
         mirror = self._ensure_mirror(run_id)

@@ -29,6 +29,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _worker_range_start(taken: set[int], width: int = 201) -> int:
+    """The first of ``width`` worker ports clear of every port already chosen (Ray refuses overlaps)."""
+    while True:
+        low = min(free_port(), 65535 - width)
+        if not any(low <= port < low + width for port in taken):
+            return low
+
+
 def _tree(pid: int) -> list:
     import psutil
 
@@ -52,12 +60,12 @@ class RayHead:
                  "--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
                  "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
                  "--metrics-export-port": free_port()}
-        low = free_port()
+        low = _worker_range_start(set(ports.values()))
         self.cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                     "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
                     "--num-cpus", str(num_cpus), "--num-gpus", "0", "--object-store-memory", str(object_store_bytes),
                     "--temp-dir", str(self.temp), "--disable-usage-stats",
-                    "--min-worker-port", str(min(low, 60000)), "--max-worker-port", str(min(low, 60000) + 200)]
+                    "--min-worker-port", str(low), "--max-worker-port", str(low + 200)]
         for flag, port in ports.items():
             self.cmd += [flag, str(port)]
         self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,

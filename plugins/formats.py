@@ -42,7 +42,7 @@ ROLES = {"system", "user", "assistant", "tool"}
 SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
             "bing": "assistant", "bard": "assistant", "model": "assistant", "system": "system",
             "observation": "tool", "tool": "tool", "function": "tool", "ipython": "tool",
-            "function_call": "assistant"}
+            "function_call": "assistant", "developer": "system"}
 SHAREGPT_ROLES = SPEAKERS  # the name older code used
 INSTRUCTION_KEYS = ("instruction", "prompt", "question", "query")
 INPUT_KEYS = ("input", "context")
@@ -65,6 +65,7 @@ class Reading:
         self.drop_media, self.preference = bool(drop_media), preference
         self.fill = parse_placeholders(placeholders)
         self.notes: list[str] = []
+        self.tools = None  # tool schemas given as a content part (LLaMA-Factory v1) rather than a field
 
     def text(self, value, field) -> str:
         """A turn's text: media tags refused (or removed), placeholders filled or noted."""
@@ -167,6 +168,8 @@ def content_text(content, field, reading: Reading, tool_calls: list) -> str:
             reading.note("reasoning parts kept as <think> ... </think> before the answer")
         elif kind in ("tool_call", "function_call"):
             tool_calls.append(parse_call(value, f"{where}.value"))
+        elif kind == "tools":
+            reading.tools = value
         else:
             raise FieldError(f"{where}.type", f"unknown content part type {kind!r}; use text (or image_url, "
                                               "reasoning, tool_call)")
@@ -249,7 +252,7 @@ def finish(messages: list[dict], field: str, item: dict, reading: Reading) -> di
             raise FieldError(media[0], media_message(f"it refers to {n} {media[0].rstrip('s')} file(s)"))
         reading.note(f"'{media[0]}' dropped (drop_media)")
     record = {"messages": messages}
-    tools = item.get("tools", item.get("functions"))
+    tools = item.get("tools", item.get("functions")) or reading.tools
     if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
         if isinstance(tools, str):
             try:
@@ -388,8 +391,9 @@ def sharegpt_record(item, reading=None):
 def messages_record(item, reading=None):
     """OpenAI / TRL / LLaMA-Factory chat: ``messages``, ``prompt``+``completion``, preference pairs."""
     reading = reading or Reading()
-    if "messages" in item:
-        messages, field = turns(item["messages"], "messages", reading), "messages"
+    if "messages" in item or "conversation" in item:  # "conversation": LMSYS and WildChat dumps
+        field = "messages" if "messages" in item else "conversation"
+        messages = turns(item[field], field, reading)
     elif isinstance(item.get("input"), dict) and "messages" in item["input"]:
         messages, field = turns(item["input"]["messages"], "input.messages", reading), "input.messages"
     elif "prompt" in item:
@@ -418,7 +422,7 @@ def iter_converted(path, rows, convert, reading: Reading):
         if error:
             yield {"row": row, "error": {"field": error[0], "message": error[1]}}
             continue
-        reading.notes = []
+        reading.notes, reading.tools = [], None
         try:
             if not isinstance(item, dict):
                 raise FieldError(None, f"expected a JSON object, got {type(item).__name__}")
@@ -576,7 +580,7 @@ def is_messages(head):
     item = first_record(head)
     if item is None:
         return looks_like_json(head, "messages", "role")
-    if "messages" in item or "chosen_messages" in item or isinstance(item.get("input"), dict):
+    if {"messages", "conversation", "chosen_messages"} & set(item) or isinstance(item.get("input"), dict):
         return True
     return any(isinstance(item.get(k), list) for k in ("prompt", "completion", "chosen")) or \
         bool(preference_key(item))

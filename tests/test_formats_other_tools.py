@@ -239,3 +239,31 @@ def test_data_check_on_every_sample(name):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {name}, row 1, field '"), result.stderr
         assert "--param" in lines[0]  # the fix is named
+
+
+def test_v1_tools_part_developer_role_reasoning_and_conversation_key(write, reg):
+    rows = [{"messages": [{"role": "system", "content": [{"type": "tools", "value": json.dumps([{"name": "f"}])}]},
+                          {"role": "developer", "content": "Be brief."},
+                          {"role": "user", "content": [{"type": "text", "value": "q"}]},
+                          {"role": "assistant", "content": [{"type": "reasoning", "value": "think"},
+                                                            {"type": "tool_call", "value": '{"name": "f", "arguments": {}}'}]},
+                          {"role": "tool", "content": "r"}, {"role": "assistant", "content": "done"}]},
+            {"conversation": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    path = write("v1.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    assert data.detect_format(path, reg) == "messages"
+    got = data.read_records(path, None, None, reg)
+    first = plain(got["records"][0]["messages"])
+    assert [m["role"] for m in first] == ["system", "user", "assistant", "tool", "assistant"]
+    assert first[0]["content"] == "Be brief."  # the tools-only system turn became the record's tools
+    assert json.loads(got["records"][0]["tools"]) == [{"name": "f"}]
+    assert first[2]["content"] == "<think>\nthink\n</think>\n\n" and json.loads(first[2]["tool_calls"])[0]["name"] == "f"
+    assert plain(got["records"][1]["messages"]) == conv(("user", "hi"), ("assistant", "hello"))
+    assert got["warnings"] == [{"row": 1, "message": "reasoning parts kept as <think> ... </think> before the answer"}]
+
+
+def test_dolly_layout_reads_as_alpaca(write, reg):
+    path = write("dolly.jsonl", json.dumps({"instruction": "Summarise.", "context": "A long text.",
+                                            "response": "Short.", "category": "summarization"}) + "\n")
+    assert data.detect_format(path, reg) == "alpaca"
+    got = data.read_records(path, None, None, reg)
+    assert got["records"][0]["messages"] == conv(("user", "Summarise.\n\nA long text."), ("assistant", "Short."))

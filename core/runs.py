@@ -288,7 +288,7 @@ def read_status(run_dir, waiters=None) -> dict:
     if status is None:
         raise UserError(f"{run_dir} is not a run folder (no status.json)")
     checkpoint = latest_checkpoint(run_dir)
-    if status.get("state") in ACTIVE and not status.get("remote"):  # a remote run's worker is elsewhere
+    if status.get("state") in ACTIVE and "remote" not in status:  # a mirrored remote run's worker is elsewhere
         pid, alive = status.get("pid"), worker_alive(run_dir)
         if not alive and _valid_pid(pid):  # a train() called in-process holds no lock
             alive = pid_alive(pid) and _same_process(pid, status.get("started_at"))

@@ -265,3 +265,15 @@ def test_a_launched_worker_that_dies_before_training_reads_as_failed_at_once(tmp
     status = runs.read_status(run_dir)  # not "queued" for two minutes: the lock says it is gone
     assert status["state"] == "failed" and "ended before training started" in status["error"]
     assert "invalid YAML" in (run_dir / "log.txt").read_text()
+
+
+def test_a_mirrored_remote_run_is_not_judged_by_local_processes(tmp_path):
+    run_dir = runs.create_run(RunConfig(), "on the box", root=tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no process here has any more
+    runs.write_status(run_dir, state="running", pid=gone.pid, remote={})  # the box's worker is not here
+    assert runs.read_status(run_dir)["state"] == "running"
+    del_remote = json.loads((run_dir / "status.json").read_text())
+    del del_remote["remote"]
+    (run_dir / "status.json").write_text(json.dumps(del_remote))
+    assert runs.read_status(run_dir)["state"] == "failed"  # a local run with that pid: gone

@@ -3,7 +3,9 @@
 ``runs/<id>/``::
 
     config.yaml        the RunConfig this run trains with
-    status.json        state (queued | running | stopping | stopped | finished | failed), error, pid, step, total_steps
+    status.json        state (queued | running | stopping | stopped | finished | failed), error, pid, step, total_steps;
+                       owner (the session that started it), queued_at / waiting_for / slot (the queue),
+                       memory_need (the estimate the queue admitted it by); readers add queue_ahead
     metrics.jsonl      one JSON object per event: step, epoch, loss, lr, grad_norm, tokens_per_s, elapsed_s;
                        evaluation rows carry eval_loss
     log.txt            the worker's stdout and stderr

@@ -36,12 +36,31 @@ def register_data_formats(register):
     - ``extensions`` (list[str]): file suffixes it reads, e.g. ``[".json", ".jsonl"]``.
     - ``params`` (list[dict]): param specs for options (may be empty).
     - ``sniff(path, head) -> bool``: ``head`` is the first 64 KiB of the file
-      decoded as text; return True when the file looks like this format.
-      Must be cheap and must not raise.
+      decoded as text (longer when the first JSON record is longer, so that
+      it holds one whole record); return True when the file looks like this
+      format. Must be cheap and must not raise.
     - ``load(path, **params) -> datasets.Dataset``: canonical records, either
       ``{"messages": [{"role", "content"}, ...]}`` or ``{"text": str}``.
       Raise ``ValueError`` with a message that names the row (1-based) and
       the field, and says how to fix it, for malformed input.
+    - optional ``iter_records(path, **params)``: the same reading as a stream of
+      plain-dict events, one per row: ``{"row", "record", "warnings": [str]}``
+      (kept), ``{"row", "dropped": reason}`` (read but not trained on) or
+      ``{"row", "error": {"field", "message"}}``. ``data check`` then reads a
+      big file in bounded memory and reports what was kept and dropped.
+
+    The canonical conversation, in full (only ``role`` and ``content`` are required):
+
+    - ``role``: ``system``, ``user``, ``assistant``, or ``tool`` (a tool's result);
+      ``content``: a string (content parts already joined).
+    - ``train`` (assistant turns, optional): ``False`` shows the turn to the model
+      as context but does not train on it (a ``loss_weight``/``weight`` of 0).
+      Absent or None: trained.
+    - ``tool_calls`` (assistant turns, optional): a JSON string of
+      ``[{"name", "arguments"}]``.
+    - record-level ``tools`` (optional): a JSON string of the tool schemas.
+      Records with tool turns or tools are refused when the model's chat
+      template has no tool support.
     """
 
 

@@ -76,6 +76,7 @@ def service_token() -> str | None:
 
 
 def uploads_dir() -> Path:
+    """Where uploaded data files are kept on the box, by sha256."""
     from .runs import runs_root
 
     return runs_root() / ".uploads"  # beside the runs: shared storage on a cluster holds both
@@ -129,6 +130,7 @@ class Service:
         return self.engine._run_dir(run_id)
 
     def info(self) -> dict:
+        """What a client needs to submit jobs: the box's runs folder and Python, and its health."""
         from . import __version__
         from .runs import REPO_ROOT, runs_root
 
@@ -155,6 +157,7 @@ class Service:
         return {"run_id": run_dir.name, "run_dir": str(run_dir), "config": cfg.to_dict()}
 
     def prepare_resume(self, run_id: str) -> dict:
+        """Ready a stopped or interrupted run for its next job; returns the checkpoint step it resumes from."""
         from . import runs
 
         run_dir = self._run_dir(run_id)
@@ -179,6 +182,7 @@ class Service:
         return runs.read_status(self._run_dir(run_id))
 
     def run_status(self, run_id: str) -> dict:
+        """The box's view of the run (its worker's pid is checked here, where it runs)."""
         from . import runs
 
         return runs.read_status(self._run_dir(run_id))
@@ -194,6 +198,7 @@ class Service:
 
     # -- dispatch ------------------------------------------------------------------------------
     def call(self, verb: str, kwargs: dict):
+        """Run one verb with plain-data arguments (upload references resolved) and return its result."""
         kwargs = {k: (self.resolve(v) if k in PATH_ARGS else v) for k, v in (kwargs or {}).items()}
         if verb in ("info", "prepare_run", "prepare_resume", "request_stop", "run_status", "run_metrics"):
             return getattr(self, verb)(**kwargs)
@@ -214,95 +219,102 @@ class Service:
             raise UserError(f"the TuneLab service has no streaming verb {verb!r}")
 
 
+class Handler(BaseHTTPRequestHandler):
+    """One request: the token checked first, then a route; ``service`` and ``token`` are set by
+    :func:`make_handler` on a subclass."""
+
+    server_version = "TuneLab"
+    service: Service
+    token: str | None = None
+
+    def log_message(self, fmt, *args):  # one line per request on stderr, no tokens in it
+        sys.stderr.write(f"[tunelab-service] {self.address_string()} {fmt % args}\n")
+
+    def _authorized(self) -> bool:
+        if self.token is None:
+            return True  # only reachable when started on loopback with TUNELAB_RAY_ALLOW_NO_TOKEN=1
+        header = self.headers.get("Authorization", "")
+        if not header:
+            self._json(401, {"error": "missing bearer token"})
+            return False
+        if not hmac.compare_digest(header.encode(), f"Bearer {self.token}".encode()):
+            self._json(403, {"error": "invalid bearer token"})
+            return False
+        return True
+
+    def _json(self, code: int, body) -> None:
+        data = json.dumps(body, default=str).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length) or b"{}") if length else {}
+
+    def _guard(self, work) -> None:
+        """A UserError is a 400 with its sentence; anything else a 500 with a short message."""
+        try:
+            work()
+        except UserError as exc:
+            self._json(400, {"error": str(exc), "user_error": True})
+        except (ValueError, TypeError, KeyError) as exc:
+            self._json(400, {"error": f"bad request: {type(exc).__name__}: {exc}", "user_error": True})
+        except Exception as exc:  # keep serving; the box's log has the traceback
+            traceback.print_exc()
+            self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+    def do_GET(self):
+        if not self._authorized():
+            return
+        if self.path == f"{API}/info":
+            return self._guard(lambda: self._json(200, {"result": self.service.info()}))
+        self._json(404, {"error": f"no such endpoint {self.path}"})
+
+    def do_POST(self):
+        if not self._authorized():
+            return
+        if self.path.startswith(f"{API}/call/"):
+            verb = self.path[len(f"{API}/call/"):]
+            return self._guard(lambda: self._json(200, {"result": self.service.call(verb, self._body().get("kwargs"))}))
+        if self.path.startswith(f"{API}/stream/"):
+            return self._stream(self.path[len(f"{API}/stream/"):], self._body().get("kwargs"))
+        self._json(404, {"error": f"no such endpoint {self.path}"})
+
+    def do_PUT(self):
+        if not self._authorized():
+            return
+        parts = self.path[len(f"{API}/upload/"):].split("/") if self.path.startswith(f"{API}/upload/") else []
+        if len(parts) != 2:
+            return self._json(404, {"error": f"no such endpoint {self.path}"})
+        length = int(self.headers.get("Content-Length") or 0)
+        self._guard(lambda: self._json(200, {"result": self.service.store_upload(*parts, self.rfile, length)}))
+
+    def _stream(self, verb: str, kwargs) -> None:
+        if verb not in STREAM_VERBS:
+            return self._json(404, {"error": f"no streaming verb {verb!r}"})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.end_headers()  # no length: the answer ends when the connection closes
+        self.close_connection = True
+
+        def send(obj):
+            self.wfile.write((json.dumps(obj, default=str) + "\n").encode())
+            self.wfile.flush()
+        try:
+            self.service.stream(verb, kwargs, send)
+        except UserError as exc:
+            send({"error": str(exc), "user_error": True})
+        except Exception as exc:
+            traceback.print_exc()
+            send({"error": f"{type(exc).__name__}: {exc}"})
+
+
 def make_handler(service: Service, token: str | None):
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "TuneLab"
-
-        def log_message(self, fmt, *args):  # one line per request on stderr, no tokens in it
-            sys.stderr.write(f"[tunelab-service] {self.address_string()} {fmt % args}\n")
-
-        def _authorized(self) -> bool:
-            if token is None:
-                return True  # only reachable when started on loopback with TUNELAB_RAY_ALLOW_NO_TOKEN=1
-            header = self.headers.get("Authorization", "")
-            if not header:
-                self._json(401, {"error": "missing bearer token"})
-                return False
-            if not hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
-                self._json(403, {"error": "invalid bearer token"})
-                return False
-            return True
-
-        def _json(self, code: int, body) -> None:
-            data = json.dumps(body, default=str).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _body(self) -> dict:
-            length = int(self.headers.get("Content-Length") or 0)
-            return json.loads(self.rfile.read(length) or b"{}") if length else {}
-
-        def _guard(self, work) -> None:
-            """A UserError is a 400 with its sentence; anything else a 500 with a short message."""
-            try:
-                work()
-            except UserError as exc:
-                self._json(400, {"error": str(exc), "user_error": True})
-            except (ValueError, TypeError, KeyError) as exc:
-                self._json(400, {"error": f"bad request: {type(exc).__name__}: {exc}", "user_error": True})
-            except Exception as exc:  # keep serving; the box's log has the traceback
-                traceback.print_exc()
-                self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
-
-        def do_GET(self):
-            if not self._authorized():
-                return
-            if self.path == f"{API}/info":
-                return self._guard(lambda: self._json(200, {"result": service.info()}))
-            self._json(404, {"error": f"no such endpoint {self.path}"})
-
-        def do_POST(self):
-            if not self._authorized():
-                return
-            if self.path.startswith(f"{API}/call/"):
-                verb = self.path[len(f"{API}/call/"):]
-                return self._guard(lambda: self._json(200, {"result": service.call(verb, self._body().get("kwargs"))}))
-            if self.path.startswith(f"{API}/stream/"):
-                return self._stream(self.path[len(f"{API}/stream/"):], self._body().get("kwargs"))
-            self._json(404, {"error": f"no such endpoint {self.path}"})
-
-        def do_PUT(self):
-            if not self._authorized():
-                return
-            parts = self.path[len(f"{API}/upload/"):].split("/") if self.path.startswith(f"{API}/upload/") else []
-            if len(parts) != 2:
-                return self._json(404, {"error": f"no such endpoint {self.path}"})
-            length = int(self.headers.get("Content-Length") or 0)
-            self._guard(lambda: self._json(200, {"result": service.store_upload(*parts, self.rfile, length)}))
-
-        def _stream(self, verb: str, kwargs) -> None:
-            if verb not in STREAM_VERBS:
-                return self._json(404, {"error": f"no streaming verb {verb!r}"})
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
-            self.end_headers()  # no length: the answer ends when the connection closes
-            self.close_connection = True
-
-            def send(obj):
-                self.wfile.write((json.dumps(obj, default=str) + "\n").encode())
-                self.wfile.flush()
-            try:
-                service.stream(verb, kwargs, send)
-            except UserError as exc:
-                send({"error": str(exc), "user_error": True})
-            except Exception as exc:
-                traceback.print_exc()
-                send({"error": f"{type(exc).__name__}: {exc}"})
-
-    return Handler
+    """The request handler class bound to one service and its token."""
+    return type("BoundHandler", (Handler,), {"service": service, "token": token})
 
 
 def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None,

@@ -117,6 +117,35 @@ def test_unreachable_address_is_one_line_naming_it(runs_dir, tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "cannot reach" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_get_engine_builds_the_ray_backend_from_settings(monkeypatch):
+    from core.engine import get_engine, reset_engines
+
+    for env in ("TUNELAB_BACKEND", "TUNELAB_RAY_ADDRESS", "TUNELAB_RAY_TOKEN", "TUNELAB_RAY_SERVICE"):
+        monkeypatch.delenv(env, raising=False)
+    reset_engines()
+    engine = get_engine({"backend": "ray", "address": "https://gpu-box.example.org:8265", "token": "t"})
+    assert isinstance(engine, rb.RayEngine)
+    assert engine.service_url == "https://gpu-box.example.org:8266"  # the service beside Ray, same scheme
+    monkeypatch.setenv("TUNELAB_RAY_SERVICE", "https://gpu-box.example.org/tunelab")
+    reset_engines()
+    assert get_engine({"backend": "ray", "address": "https://x:8265", "token": "t"}).service_url.endswith("/tunelab")
+    reset_engines()
+
+
+BLOCK_HEAVY = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'ray', 'transformers', 'accelerate'):
+            raise ImportError(f'{name} is not installed on the thin client')
+sys.meta_path.insert(0, Block())
+from core.__main__ import main
+code = main(sys.argv[1:])
+assert not any(m in sys.modules for m in ('torch', 'ray', 'transformers'))
+sys.exit(code)
+"""
+
+
 def test_not_a_url_is_refused():
     with pytest.raises(UserError, match="not a URL"):
         rb.RayEngine({"address": "gpu-box:8265", "token": "x"})
@@ -269,6 +298,15 @@ def test_cli_train_through_the_backend_mirrors_every_row(box, finished_run):
                                                    "TUNELAB_RAY_TOKEN": box["token"],
                                                    "TUNELAB_RAY_SERVICE": box["service"]})
     assert out.returncode == 0 and json.loads(out.stdout)["state"] == "finished"
+
+
+def test_a_client_without_torch_or_ray_follows_the_run(box, finished_run):
+    env = dict(os.environ, TUNELAB_RAY_ADDRESS=box["address"], TUNELAB_RAY_TOKEN=box["token"],
+               TUNELAB_RAY_SERVICE=box["service"])
+    proc = subprocess.run([sys.executable, "-c", BLOCK_HEAVY, "status", str(finished_run["mirror"]), "--json"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["state"] == "finished"
 
 
 def test_lost_connection_says_reconnecting_then_catches_up(box, finished_run, monkeypatch):

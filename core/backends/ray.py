@@ -17,6 +17,10 @@ metrics row, parsed from the job's log with :func:`core.runs.parse_metrics_lines
 ``backend.json`` (address, box run id, job id). The box's runs folder is the source of truth;
 the mirror is brought up to date whenever it is read, so a lost connection costs nothing but
 "reconnecting" until the next successful read.
+
+The module is longer than most in core/ because it is one backend end to end (HTTP client,
+job building, the facade's verbs, the mirror, the CLI), each part short; splitting it would
+spread one protocol over several files.
 """
 
 from __future__ import annotations
@@ -147,6 +151,7 @@ def job_request(python: str, run_dir: str, job_id: str, package: str, runs_dir: 
 
 
 def job_id_for(run_id: str, attempt: int) -> str:
+    """The Ray submission id of a run's ``attempt``-th job (1 = the first train, then each resume)."""
     return f"tunelab-{run_id}-{attempt}"
 
 
@@ -317,6 +322,7 @@ class RayEngine(Engine):
 
     # -- runs: Ray Jobs on the box, mirrored here -------------------------------------------------
     def mirror_dir(self, run_id: str) -> Path:
+        """This machine's mirror of a run started from the dashboard or without ``--run-dir``."""
         return runs.runs_root() / run_id
 
     def _box_id(self, run_id: str) -> str:
@@ -539,6 +545,7 @@ def read_backend(run_dir) -> dict | None:
 
 
 def write_backend(run_dir, meta: dict) -> None:
+    """Write ``backend.json`` (atomically)."""
     runs.write_atomic(Path(run_dir) / "backend.json", json.dumps(meta, indent=2))
 
 
@@ -554,6 +561,7 @@ def create(settings: dict) -> RayEngine:
 
 # -- the CLI through the backend (python -m core train/resume/stop/status with TUNELAB_BACKEND=ray) --
 def cli_engine() -> RayEngine:
+    """The engine the CLI uses: settings from the environment."""
     from ..engine import backend_settings
 
     return create(backend_settings())
@@ -580,6 +588,7 @@ def cli_train(args) -> int:
 
 
 def cli_resume(args) -> int:
+    """``resume DIR`` of a mirrored run: a new job from the box's checkpoint, followed in the foreground."""
     engine = cli_engine()
     engine.resume_run(Path(args.run_dir).name, run_dir=args.run_dir)
     print(f"[tunelab] resumed as job {read_backend(args.run_dir)['job']}", file=sys.stderr, flush=True)
@@ -587,6 +596,7 @@ def cli_resume(args) -> int:
 
 
 def cli_stop(args) -> int:
+    """``stop DIR`` of a mirrored run: waits for the checkpoint (or Ray's job stop after the grace time)."""
     engine = cli_engine()
     print(f"asking run {Path(args.run_dir).name} to stop; it saves a checkpoint first (Ray stops the job "
           f"if it has not ended within {STOP_GRACE_S:.0f} s)", flush=True)

@@ -117,6 +117,30 @@ def test_unreachable_address_is_one_line_naming_it(runs_dir, tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "cannot reach" in proc.stderr and "Traceback" not in proc.stderr
 
 
+class FakeJobs:
+    """Ray's jobs API as the stop fallback sees it: a job that never ends by itself."""
+
+    def __init__(self):
+        self.calls = []
+
+    def json(self, method, path, body=None, **_):
+        self.calls.append((method, path))
+        return {"status": "STOPPED" if ("POST", path.replace("/stop", "") + "/stop") in self.calls else "RUNNING"}
+
+
+def test_stop_falls_back_to_rays_job_stop_after_the_grace_time(monkeypatch):
+    engine = rb.RayEngine({"address": "http://127.0.0.1:1", "token": "t"})
+    engine.jobs = FakeJobs()
+    monkeypatch.setattr(rb, "STOP_GRACE_S", 1.5)
+    t0 = time.time()
+    engine._stop_fallback("tunelab-r-1")
+    assert ("POST", "/api/jobs/tunelab-r-1/stop") in engine.jobs.calls and time.time() - t0 >= 1.5
+    engine.jobs.calls.clear()
+    engine.jobs.calls.append(("POST", "/api/jobs/tunelab-r-2/stop"))  # a job that ended in time: left alone
+    engine._stop_fallback("tunelab-r-2")
+    assert engine.jobs.calls == [("POST", "/api/jobs/tunelab-r-2/stop"), ("GET", "/api/jobs/tunelab-r-2")]
+
+
 def test_get_engine_builds_the_ray_backend_from_settings(monkeypatch):
     from core.engine import get_engine, reset_engines
 
@@ -363,7 +387,9 @@ def test_stop_then_resume_keeps_steps_contiguous(box, engine, tiny_model, data_f
     engine.resume_run(run_id)
     assert rb.read_backend(mirror)["job"].endswith("-2") and rb.read_backend(mirror)["from_step"] == stopped["step"]
     wait_for(lambda: len(engine.run_metrics(run_id)) >= first_rows + 3, 120, what="rows after resume")
-    engine.stop_run(run_id, wait=True)
+    out = _cli(["stop", str(mirror)], {"TUNELAB_RAY_ADDRESS": box["address"], "TUNELAB_RAY_TOKEN": box["token"],
+                                       "TUNELAB_RAY_SERVICE": box["service"]})
+    assert out.returncode == 0 and "stopped at step" in out.stdout, out.stderr
     wait_for(lambda: engine.run_progress(run_id)["state"] == "stopped", 90, what="stopped again")
     steps = [r["step"] for r in engine.run_metrics(run_id) if "loss" in r]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > stopped["step"]

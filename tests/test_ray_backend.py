@@ -399,7 +399,15 @@ def test_stop_then_resume_keeps_steps_contiguous(box, engine, tiny_model, data_f
         engine.sync(mirror, force=True)
     rows = len(runs.read_metrics(mirror))
     FIGURES[f"mirror: one catch-up with {rows} rows on the box (ms)"] = round((time.time() - t0) / 5 * 1000)
-    assert any(r["run_id"] == meta["run_id"] for r in engine.list_runs())
+    listed = {r["run_id"]: r for r in engine.list_runs()}[meta["run_id"]]
+    assert listed["box_run_dir"] == meta["box_run_dir"] and listed["run_dir"] == str(mirror)
+    assert listed["state"] == "stopped"
+    import shutil
+
+    shutil.rmtree(mirror)  # a redeployed app lost its runs folder: the mirror is rebuilt from the box
+    assert engine.run_metrics(run_id) == runs.read_metrics(meta["box_run_dir"])
+    assert rb.read_backend(mirror)["job"] == rb.job_id_for(meta["run_id"], 2)
+    assert engine.run_progress(run_id)["state"] == "stopped"
     box["head"].sample_rss()
 
 

@@ -333,7 +333,10 @@ class RayEngine(Engine):
         """Prepare the run on the box (data uploaded into it), submit its job, start the mirror.
         ``run_dir`` is the mirror folder (the CLI's ``--run-dir``); default ``runs_root()/<run id>``."""
         config, gpus = _engine_config(config, self.gpus)
-        config.setdefault("data", {})["path"] = self.upload(config.get("data", {}).get("path", ""))
+        from ..config import DataConfig
+
+        data = config.setdefault("data", {})
+        data["path"] = self.upload(data.get("path") or DataConfig().path)  # a file here travels to the box
         info = self.box()
         prepared = self.call("prepare_run", config=config, name=name or (Path(run_dir).name if run_dir else None))
         box_id, mirror = prepared["run_id"], Path(run_dir) if run_dir else self.mirror_dir(prepared["run_id"])
@@ -400,7 +403,11 @@ class RayEngine(Engine):
             pass  # the box went away; the next sync says so
 
     def list_runs(self) -> list[dict]:
-        return self.call("list_runs")
+        """The box's runs (the source of truth); ``run_dir`` is this machine's mirror of each."""
+        found = self.call("list_runs")
+        for status in found:
+            status["box_run_dir"], status["run_dir"] = status.get("run_dir"), str(self.mirror_dir(status["run_id"]))
+        return found
 
     def find_run(self, run_id):
         if not run_id or any(c in run_id for c in "/\\") or run_id.startswith("."):

@@ -324,3 +324,60 @@ def test_go_template_renders_what_the_jinja_template_renders(tokenizer, tmp_path
                              capture_output=True, text=True, timeout=120)
         assert got.returncode == 0, got.stderr
         assert got.stdout == want, (got.stdout, want)
+
+
+# -- the dashboard page ---------------------------------------------------------------------------
+
+def test_page_exports_with_progress_and_offers_files_and_commands(small_model, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    finished_run(small_model, tmp_path / "runs", "page-run")
+    monkeypatch.setenv("TUNELAB_RUNS_DIR", str(tmp_path / "runs"))
+    # Run as streamlit_app.py runs a page: from the repository root, where `plugins` is the plugins
+    # package (from dashboard/, `import plugins` would find the Plugins page).
+    at = AppTest.from_string(f"import runpy, sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                             f"runpy.run_path({str(REPO / 'dashboard' / 'export.py')!r})\n", default_timeout=120)
+    at.session_state["gen_answers"] = {"prompt": "Hi", "sampler": "top_k", "params": {"top_k": 20}, "seed": 0}
+    at.run()
+    assert not at.exception and at.title[0].value == "Use your model elsewhere"
+    at.radio(key="export.type").set_value("q8_0")
+    at.button(key="export.go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["Same next token as final/"].rstrip("%")) >= 95
+    code = "\n".join(c.value for c in at.code)
+    assert "ollama create page-run -f Modelfile" in code and "llama-cli -m page-run.gguf -cnv" in code
+    assert "PARAMETER top_k 20" in code  # the Generate page's sampler, in the Modelfile shown
+    downloads = [d for d in at.get("download_button")]
+    assert len(downloads) == 2  # GGUF and Modelfile (a full run: no adapter zip)
+    assert (tmp_path / "runs" / "page-run" / "export" / "q8_0" / "page-run.gguf").is_file()
+
+
+# -- the lesson model: what q8_0 costs, measured --------------------------------------------------
+
+@pytest.mark.slow
+def test_q8_0_of_the_embedded_model_keeps_its_heldout_perplexity(embedded_dir, tmp_path):
+    """The README's q8_0 figures: `pytest -m slow tests/test_export.py -k perplexity -s` prints them."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core import models
+    from core.evaluate import _encoder, load_samples
+    from core.registry import Registry
+
+    run_dir = runs.create_run(RunConfig.from_dict({"model": "embedded"}), run_dir=tmp_path / "runs" / "smollm2")
+    shutil.copytree(embedded_dir, run_dir / "final")
+    runs.write_status(run_dir, state="finished", step=0, total_steps=0, pid=None)
+    result = export.export_run(run_dir, tmp_path / "out", "q8_0")
+    samples = load_samples(REPO / "data" / "science_tutor_heldout.messages.jsonl")
+    perplexity = Registry(load_external=False).get("evaluators", "perplexity")
+    model, tokenizer = models.load_model(str(run_dir / "final"))
+    context = {"tokenizer": tokenizer, "max_length": 512, "encode": _encoder(tokenizer, 512)}
+    before = perplexity.evaluate(samples, {**context, "model": model})["perplexity"]
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", gguf_file="smollm2.gguf", dtype=torch.float32)
+    after = perplexity.evaluate(samples, {**context, "model": loaded.eval()})["perplexity"]
+    check = result["verification"]
+    print(f"\nq8_0: {result['sizes']['gguf']} bytes in {result['seconds']['total']} s; top-1 agreement "
+          f"{check['top1_agreement']:.4f} over {check['positions']} positions; held-out perplexity "
+          f"({len(samples)} answers) final/ {before:.3f}, q8_0 read-back {after:.3f}")
+    assert check["top1_agreement"] >= 0.95 and abs(after - before) / before < 0.01

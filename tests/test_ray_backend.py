@@ -141,6 +141,24 @@ def test_stop_falls_back_to_rays_job_stop_after_the_grace_time(monkeypatch):
     assert engine.jobs.calls == [("POST", "/api/jobs/tunelab-r-2/stop"), ("GET", "/api/jobs/tunelab-r-2")]
 
 
+def test_service_will_not_listen_without_a_token(monkeypatch, tmp_path):
+    from core import service
+
+    for env in ("TUNELAB_RAY_TOKEN", "RAY_AUTH_TOKEN", "TUNELAB_RAY_ALLOW_NO_TOKEN"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
+    fake = object()  # never reached: the refusal comes first
+    with pytest.raises(UserError, match="needs a token"):
+        service.make_server("0.0.0.0", 0, service=fake)
+    monkeypatch.setenv("TUNELAB_RAY_ALLOW_NO_TOKEN", "1")
+    with pytest.raises(UserError, match="needs a token"):  # allowed on loopback only
+        service.make_server("0.0.0.0", 0, service=fake)
+    service.make_server("127.0.0.1", 0, service=fake).server_close()
+    (tmp_path / "tok").write_text("abc\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
+    assert service.service_token() == "abc"  # Ray's own token file: the box keeps one secret
+
+
 def test_get_engine_builds_the_ray_backend_from_settings(monkeypatch):
     from core.engine import get_engine, reset_engines
 

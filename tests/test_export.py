@@ -182,6 +182,40 @@ def test_lora_run_is_merged_into_its_base_and_its_adapter_zipped(small_model, ch
         assert (merged(input_ids=ids).logits - base(input_ids=ids).logits).abs().max() > 1e-3
 
 
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama-untied"])
+def test_qwen2_with_biases_and_untied_llama_read_back(arch, small_model, tmp_path):
+    """Qwen2: q/k/v biases, no q/k permutation; an untied Llama: its own output.weight."""
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
+
+    tokenizer = AutoTokenizer.from_pretrained(small_model)
+    shape = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1,
+                 eos_token_id=2)
+    config = Qwen2Config(**shape, tie_word_embeddings=True) if arch == "qwen2" else \
+        LlamaConfig(**shape, tie_word_embeddings=False)
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(25)
+            layer.self_attn.k_proj.weight.mul_(25)
+            if arch == "qwen2":
+                layer.self_attn.q_proj.bias.normal_(0, 1)
+                layer.self_attn.v_proj.bias.normal_(0, 1)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    run_dir = finished_run(tmp_path / "model", tmp_path / "runs", arch)
+    result = export.export_run(run_dir, tmp_path / "out", "f16")
+    assert result["verification"]["passed"] and result["architecture"] == arch.split("-")[0]
+    assert result["verification"]["max_logit_diff"] < 0.01  # f16 rounding only: a layout slip shows here first
+    names = {t.name for t in GGUFReader(result["paths"]["gguf"]).tensors}
+    assert ("blk.0.attn_q.bias" in names) == (arch == "qwen2")
+    assert ("output.weight" in names) == (arch == "llama-untied")
+
+
 # -- bad input: exit 2, one line, nothing written ---------------------------------------------------
 
 def test_missing_and_unfinished_runs_are_refused(small_model, tmp_path, capsys):

@@ -14,6 +14,7 @@ Run it as a worker: ``python -m core train config.yaml --run-dir runs/x``
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -184,6 +185,7 @@ def trained_loss(model, batch: dict, n_tokens: int):
     and multi-GPU runs (DDP must run the model's own forward), use the model's own loss:
     the same number, computed over every position.
     """
+    import torch
     import torch.nn.functional as F
 
     parts = _body_and_head(model)
@@ -193,8 +195,58 @@ def trained_loss(model, batch: dict, n_tokens: int):
     targets = batch["labels"][:, 1:]
     trained = targets != data.IGNORE_INDEX
     hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logits = head(hidden.last_hidden_state[:, :-1][trained])  # (trained tokens, vocabulary)
-    return F.cross_entropy(logits.float(), targets[trained], reduction="sum") / n_tokens
+    hidden = hidden.last_hidden_state[:, :-1][trained]  # (trained tokens, hidden size)
+    if torch.is_grad_enabled() and type(head) is torch.nn.Linear and head.bias is None:
+        return linear_cross_entropy(hidden, head.weight, targets[trained]) / n_tokens
+    return F.cross_entropy(head(hidden).float(), targets[trained], reduction="sum") / n_tokens
+
+
+def linear_cross_entropy(hidden, weight, targets, chunk_elements: int = 2**25):
+    """``cross_entropy(hidden @ weight.T, targets, reduction="sum")``, a few hundred rows at a time.
+
+    The full logits (tokens x vocabulary, in fp32 for the softmax) and their gradient are the
+    biggest tensors of a small model's step. Here each chunk's logits become their gradient
+    (softmax minus one-hot) at once, and are gone before the next chunk: the same maths, a
+    fraction of the memory, and no second pass over the logits in backward.
+    """
+    return _linear_cross_entropy_class().apply(hidden, weight, targets, max(1, chunk_elements // weight.shape[0]))
+
+
+@functools.cache  # defined on first use: importing this module must not import torch
+def _linear_cross_entropy_class():
+    import torch
+
+    class LinearCrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, chunk):
+            device = hidden.device.type
+            # matmuls in autocast's dtype (the weight cast once), softmax and sums in fp32
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+            with torch.autocast(device, enabled=False):
+                w, h = weight.to(dtype), hidden.to(dtype)
+                loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+                grad_h = torch.empty_like(hidden)
+                grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+                for s in range(0, h.shape[0], chunk):
+                    hs, ts = h[s: s + chunk], targets[s: s + chunk]
+                    logits = (hs @ w.T).float()
+                    lse = torch.logsumexp(logits, dim=-1)
+                    loss += (lse - logits.gather(1, ts[:, None]).squeeze(1)).sum()
+                    probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                    probs[torch.arange(len(ts), device=ts.device), ts] -= 1  # d loss / d logits
+                    probs = probs.to(dtype)
+                    grad_h[s: s + chunk] = probs @ w
+                    if grad_w is not None:
+                        grad_w += probs.T @ hs
+            ctx.save_for_backward(grad_h, grad_w)
+            return loss
+
+        @staticmethod
+        def backward(ctx, grad_loss):
+            grad_h, grad_w = ctx.saved_tensors
+            return grad_h * grad_loss, None if grad_w is None else grad_w * grad_loss, None, None
+
+    return LinearCrossEntropy
 
 
 def _body_and_head(model):

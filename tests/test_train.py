@@ -187,8 +187,8 @@ def test_gradient_checkpointing_trains(tiny_model, chat_file, tmp_path):
 def test_non_finite_loss_fails_with_an_explanation(tiny_model, chat_file, tmp_path, monkeypatch):
     import torch
 
-    real = torch.nn.functional.cross_entropy
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = train.trained_loss
+    monkeypatch.setattr(train, "trained_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     result = train.train(config(tiny_model, chat_file), tmp_path / "run")
     assert result["state"] == "failed"
     assert "diverged" in result["error"] and "learning rate" in result["error"]
@@ -232,7 +232,7 @@ def test_out_of_memory_fails_with_the_ladder(tiny_model, chat_file, tmp_path, mo
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", oom)
+    monkeypatch.setattr(train, "trained_loss", oom)
     result = train.train(config(tiny_model, chat_file), tmp_path / "run")
     assert result["state"] == "failed"
     ladder = result["error"]
@@ -301,6 +301,14 @@ def test_trained_loss_is_the_models_loss_with_logits_only_at_trained_positions(t
         hook.remove()
     assert rows[0] == n  # the output layer saw the trained positions only
     assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+    grads = []
+    for loss_fn in (lambda: train.trained_loss(model, batch, n), lambda: model(**batch).loss):
+        model.zero_grad()
+        loss_fn().backward()  # with gradients: the chunked linear cross-entropy
+        grads.append([p.grad.clone() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    for ours, theirs in zip(*grads):
+        assert torch.allclose(ours, theirs, rtol=1e-3, atol=1e-6)
 
 
 def test_train_step_reads_top_to_bottom_and_no_function_is_long():
@@ -336,3 +344,22 @@ def test_a_checkpoint_holding_code_is_refused(tiny_model, chat_file, tmp_path):
     torch.save({"python": os.getcwd}, folder / "rng.pt")  # a function: pickle would run code to rebuild it
     result = train.train(cfg, tmp_path / "run", resume=True)
     assert result["state"] == "failed" and result["user_error"] and "cannot read this checkpoint" in result["error"]
+
+
+@pytest.mark.parametrize("chunk", [2**25, 3 * 49152])  # one chunk, and chunks of three rows
+def test_linear_cross_entropy_matches_the_plain_loss_and_its_gradients(chunk):
+    import torch
+
+    torch.manual_seed(0)
+    hidden = torch.randn(10, 16, requires_grad=True)
+    weight = torch.randn(49152, 16, requires_grad=True)
+    targets = torch.randint(0, 49152, (10,))
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    plain.backward()
+    expected = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    ours = train.linear_cross_entropy(hidden, weight, targets, chunk_elements=chunk)
+    (ours * 2).backward()  # the incoming gradient is applied
+    assert float(ours) == pytest.approx(float(plain), rel=1e-5)
+    assert torch.allclose(hidden.grad, 2 * expected[0], rtol=1e-4, atol=1e-5)
+    assert torch.allclose(weight.grad, 2 * expected[1], rtol=1e-4, atol=1e-5)

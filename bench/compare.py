@@ -1,0 +1,203 @@
+"""TuneLab against the libraries a learner already knows: one run, same data, same settings.
+
+    bench/run.sh                       # what `make bench` runs: installs the peers, then this
+    python bench/compare.py [--examples 64] [--peers tunelab,trl,...] [--no-levers] [--out docs/bench.md]
+
+SmolLM2-135M (the embedded model), the first 64 lesson examples, batch 8, max_length 256, one
+epoch = 8 optimizer steps, lr 1e-4; the training loop alone is timed (model loading and
+tokenization excluded for all). Each peer runs in a process of its own, one after another, so
+its peak RSS is its own. Prints a table of seconds per epoch, real (unpadded) tokens per second,
+the ratios, peak RSS and MFU against the matmul peak measured in the same run (fp32 and bf16),
+then the speed levers one at a time (bench/levers.py) and the worker's time to its first loss
+row (bench/first_loss.py), and writes all of it to docs/bench.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GOALS = [("seed", 2.0), ("trl", 1.3), ("trl-fastest", 1.0)]  # TuneLab's defaults must be this many times faster
+
+
+def run_peer(name: str, examples: int) -> dict:
+    """One peer (or ``matmul``) in a fresh process; its JSON result, with its own peak RSS."""
+    proc = subprocess.run([sys.executable, __file__, "--peer", name, "--examples", str(examples)], cwd=REPO,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"peer {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child(name: str, examples: int) -> None:
+    from transformers.utils import logging as hf_logging
+
+    from bench import peers
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    out = peers.matmul_peak() if name == "matmul" else peers.PEERS[name][1](examples)
+    out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps(out))
+
+
+def flops_per_token(mean_length: float) -> float:
+    """Training FLOPs per token: 6 N (forward and backward through N weights) + attention, as nanoGPT counts."""
+    from transformers import AutoConfig
+
+    from core import models
+    from core.memory import _linear_shapes
+
+    config = AutoConfig.from_pretrained(models.ensure_embedded())
+    n = _linear_shapes(config)[0]
+    return 6 * n + 12 * config.num_hidden_layers * config.hidden_size * mean_length
+
+
+def table(results: dict, peak: dict, fpt: float) -> list[str]:
+    base = results["tunelab"]["seconds"]
+    lines = ["| | precision | s / epoch | real tokens / s | TuneLab's defaults are | peak RSS | MFU | last loss |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        tps = r["tokens"] / r["seconds"]
+        mfu = fpt * tps / (peak[r["precision"]] * 1e12)
+        gc = " + grad. checkpointing" if r.get("gradient_checkpointing") else ""
+        ratio = "—" if name == "tunelab" else f"{r['seconds'] / base:.2f}x as fast"
+        lines.append(f"| {r['label']} | {r['precision']}{gc} | {r['seconds']:.1f} | {tps:.0f} | {ratio} | "
+                     f"{r['peak_rss'] / 2**30:.2f} GiB | {mfu:.1%} | {r['loss']:.3f} |")
+    return lines
+
+
+def goals(results: dict) -> list[str]:
+    t = results["tunelab"]
+    lines = []
+    for name, want in GOALS:
+        if name in results:
+            got = results[name]["seconds"] / t["seconds"]
+            lines.append(f"- ≥ {want:.1f}x {results[name]['label']}: **{got:.2f}x, "
+                         f"{'met' if got >= want else 'missed'}**")
+    if "trl" in results:
+        ok = t["peak_rss"] <= results["trl"]["peak_rss"]
+        lines.append(f"- peak RSS no higher than TRL's defaults: **{t['peak_rss'] / 2**30:.2f} GiB against "
+                     f"{results['trl']['peak_rss'] / 2**30:.2f} GiB, {'met' if ok else 'missed'}**")
+    return lines
+
+
+def machine() -> str:
+    import torch
+    import transformers
+
+    try:
+        import trl
+        trl_version = trl.__version__
+    except ImportError:
+        trl_version = "not installed"
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    from core.machine import auto_precision, cpu_bf16_flags
+
+    return (f"{cpu}, {os.cpu_count()} cores (native bf16: {', '.join(cpu_bf16_flags()) or 'none'}; "
+            f"{auto_precision()[1]}); torch {torch.__version__}, transformers {transformers.__version__}, "
+            f"trl {trl_version}, Python {platform.python_version()}")
+
+
+def script(name: str, *args: str) -> str:
+    """Run another bench script and return its stdout (its own process, like every peer)."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / name), *args], cwd=REPO, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--peer", help=argparse.SUPPRESS)  # internal: run one peer in this process
+    ap.add_argument("--examples", type=int, default=64)
+    ap.add_argument("--peers", help="comma list of " + ", ".join(["tunelab", "tunelab-fp32", "tunelab-bf16",
+                                                                   "seed", "trl", "trl-fastest", "bare"]))
+    ap.add_argument("--no-levers", action="store_true", help="skip the levers and the first-loss timing")
+    ap.add_argument("--out", default=str(REPO / "docs" / "bench.md"))
+    args = ap.parse_args()
+    if args.peer:
+        return child(args.peer, args.examples)
+    from bench import peers
+    from core.machine import resolve_precision
+
+    other = "tunelab-fp32" if resolve_precision("auto") != "fp32" else "tunelab-bf16"
+    peers.PEERS.setdefault("tunelab-bf16", ("TuneLab with precision: bf16", lambda n: peers.tunelab(n, "bf16")))
+    names = args.peers.split(",") if args.peers else ["tunelab", other, "seed", "trl", "trl-fastest", "bare"]
+    if "tunelab" not in names:
+        names.insert(0, "tunelab")
+    started = time.time()
+    peak = run_peer("matmul", 0)
+    print(f"matmul peak: fp32 {peak['fp32']:.2f} TFLOP/s, bf16 {peak['bf16']:.2f} TFLOP/s", flush=True)
+    results = {}
+    for name in names:
+        r = run_peer(name, args.examples)
+        r["label"] = peers.PEERS[name][0]
+        results[name] = r
+        print(f"{r['label']:<62} {r['seconds']:7.1f} s/epoch  {r['tokens'] / r['seconds']:6.0f} tokens/s  "
+              f"RSS {r['peak_rss'] / 2**30:.2f} GiB  loss {r['loss']:.3f}  ({r['steps']} steps)", flush=True)
+    mean_length = results["tunelab"]["tokens"] / args.examples
+    lines = table(results, peak, flops_per_token(mean_length))
+    print("\n" + "\n".join(lines + [""] + goals(results)))
+    extra = "" if args.no_levers else script("levers.py", "--examples", str(args.examples))
+    first = "" if args.no_levers else script("first_loss.py")
+    print(extra + first)
+    write_report(Path(args.out), args, results, peak, lines, extra, first, time.time() - started)
+
+
+def write_report(path: Path, args, results, peak, lines, levers, first, seconds) -> None:
+    command = "make bench" if args.examples == 64 and not args.peers and not args.no_levers else \
+        "python bench/compare.py " + " ".join(a for a in sys.argv[1:])
+    text = [
+        "# Performance: TuneLab against the libraries a learner knows",
+        "",
+        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}, in {seconds / 60:.0f} minutes, on "
+        f"{machine()}.",
+        "",
+        f"SmolLM2-135M (the embedded model), the first {args.examples} examples of "
+        "`data/science_tutor_train.messages.jsonl`, batch 8, max_length 256, one epoch "
+        f"({results['tunelab']['steps']} optimizer steps), lr 1e-4. Only the training loop is timed (model "
+        "loading and tokenization excluded for all). Each row ran in a process of its own, one after "
+        "another, so its peak RSS (the process's high-water mark, loading included) is its own. Real tokens "
+        "are the unpadded ones; MFU counts 6 N + attention FLOPs per real token (nanoGPT's formula) against "
+        f"the best square-matmul rate measured in the same run: {peak['fp32']:.2f} TFLOP/s in fp32, "
+        f"{peak['bf16']:.2f} TFLOP/s in bf16. TuneLab computes logits only at trained positions, so it does "
+        "less work per token than the formula counts: its MFU is what it achieves per token of the model's work.",
+        "",
+        *lines,
+        "",
+        "Goals (issue 12), at TuneLab's defaults:",
+        "",
+        *goals(results),
+        "",
+        "These machines are noisy (shared cores): compare rows within one run, and rerun it; a row's "
+        "seconds move by 10-20% between runs. The last loss is each peer's own last logged step; TRL is "
+        "given prompt/completion data, so it trains on the answers only, as TuneLab does.",
+        "",
+    ]
+    if levers:
+        text += ["## Each lever alone", "", "From `python bench/levers.py` (same batches, one process, median "
+                 "seconds per optimizer step after a warm-up step):", "",
+                 *[line for line in levers.splitlines() if line.startswith("|")], ""]
+    if first:
+        text += ["## From launch to the first loss row", "", first.strip(), ""]
+    path.write_text("\n".join(text), encoding="utf-8")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# `make bench`: install the peer libraries the comparison needs (not part of `make setup`:
+# a learner never needs them), then run the side-by-side benchmark. Takes about 15 minutes on
+# a 2-core CPU; run it on a quiet machine (other heavy programs change every figure).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
+# TRL 1.16.0 works with transformers 5.23 (the engine's pin); pinned so every run compares the same peer.
+"$PY" -m pip install --quiet --disable-pip-version-check "trl==1.16.0"
+"$PY" -m core prepare-embedded >/dev/null
+exec "$PY" bench/compare.py "$@"

@@ -269,20 +269,39 @@ def cmd_eval(args) -> int:
 
 
 def cmd_memory(args) -> int:
-    from . import memory
+    from . import machine, memory
 
-    est = memory.estimate(args.model, method=args.method, precision=args.precision, batch_size=args.batch_size,
+    precision = machine.resolve_precision(args.precision) if args.precision == "auto" else args.precision
+    est = memory.estimate(args.model, method=args.method, precision=precision, batch_size=args.batch_size,
                           max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing)
+    if args.measure:  # a real step with the same settings, in this process (the CLI is its own worker)
+        from .measure import measure_step, settings_config
+
+        est["measured"] = measure_step(settings_config(
+            args.model, method=args.method, precision=precision, batch_size=args.batch_size,
+            max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing))
     if args.json:
         print(json.dumps(est, indent=2))
         return 0
     for part in ("weights", "gradients", "optimizer", "activations", "logits"):
-        print(f"{part:<12} {memory.fmt_bytes(est[part]):>10}")
-    print(f"{'peak total':<12} {memory.fmt_bytes(est['total']):>10}  (not the plain sum: see core/memory.py)")
-    available, where = memory.available_for_training()
-    print(f"verdict: {memory.verdict(est['total'], available)} ({memory.fmt_bytes(available)} of {where})")
+        print(f"{part:<12} {machine.fmt_bytes(est[part]):>10}")
+    print(f"{'peak total':<12} {machine.fmt_bytes(est['total']):>10}  ({precision}; not the plain sum: see core/memory.py)")
+    if args.measure:
+        m = est["measured"]
+        print(f"{'measured':<12} {machine.fmt_bytes(m['peak_bytes']):>10}  ({m['how']}, {m['step_seconds']:.2f} s a step)")
+    available, where = machine.available_for_training()
+    print(f"verdict: {memory.verdict(est['total'], available)} ({machine.fmt_bytes(available)} of {where})")
     for line in memory.oom_advice(est, available) if memory.verdict(est["total"], available) != "fits" else []:
         print(f"  - {line}")
+    return 0
+
+
+def cmd_measure(args) -> int:
+    """One real training step of a config on random tokens: peak memory and speed, as JSON (for workers)."""
+    from .config import load_config
+    from .measure import measure_step
+
+    print(json.dumps(measure_step(load_config(args.config, args.set), steps=args.steps)))
     return 0
 
 
@@ -413,12 +432,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("memory", help="estimate training memory")
     s.add_argument("--model", default="embedded")
     s.add_argument("--method", choices=["full", "lora"], default="full")
-    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--max-length", type=int, default=256)
     s.add_argument("--gradient-checkpointing", action="store_true")
+    s.add_argument("--measure", action="store_true", help="also run two real training steps and measure them")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_memory)
+
+    s = sub.add_parser("measure", help="measure a real training step of a config; prints JSON")
+    s.add_argument("config")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    s.add_argument("--steps", type=int, default=2, help="steps to run (AdamW's state appears in the first)")
+    s.set_defaults(func=cmd_measure)
 
     s = sub.add_parser("export", help="export a finished run to GGUF + an Ollama Modelfile, checked by reading back")
     s.add_argument("run_dir")

@@ -85,6 +85,7 @@ def export_run(run_dir, out_dir, type: str = "f16", sampler: dict | None = None,
     model, tokenizer = _load_merged(run_dir / "final")
     vocab = _tokenizer_metadata(tokenizer, config.vocab_size)
     final = out_dir / f"{name}.gguf"
+    _remove_stale_partials(out_dir, name)
     partial = out_dir / f".{name}.{os.getpid()}.partial.gguf"  # ends in .gguf: the loader insists
     try:
         t = time.time()
@@ -96,11 +97,7 @@ def export_run(run_dir, out_dir, type: str = "f16", sampler: dict | None = None,
         check = verify(partial, model, tokenizer, THRESHOLDS[type])
         check["seconds"] = round(time.time() - t, 2)
         if not check["passed"]:
-            raise ExportCheckFailed(
-                f"the {type} GGUF does not read back as the same model: top-1 agreement "
-                f"{check['top1_agreement']:.1%} over {check['positions']} positions, below "
-                f"{check['threshold']:.0%}" + ("" if check["tokens_match"] else "; the GGUF tokenizer "
-                                                 "splits the prompt differently") + "; nothing was kept")
+            raise ExportCheckFailed(_check_failure(type, check))
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
@@ -128,6 +125,26 @@ def export_run(run_dir, out_dir, type: str = "f16", sampler: dict | None = None,
     result["seconds"]["total"] = round(time.time() - started, 2)
     report(1.0, "done")
     return result
+
+
+def _check_failure(qtype: str, check: dict) -> str:
+    reasons = []
+    if check["top1_agreement"] < check["threshold"]:
+        reasons.append(f"top-1 agreement {check['top1_agreement']:.1%} over {check['positions']} positions, "
+                       f"below {check['threshold']:.0%}")
+    if not check["tokens_match"]:
+        reasons.append("its tokenizer splits the check conversation into other tokens than final/'s")
+    return f"the {qtype} GGUF does not read back as the same model: {'; '.join(reasons)}; nothing was kept"
+
+
+def _remove_stale_partials(out_dir: Path, name: str) -> None:
+    """Drop partial files an export killed mid-write left behind (their process is gone)."""
+    from .runs import pid_alive
+
+    for stale in out_dir.glob(f".{name}.*.partial.gguf"):
+        pid = stale.name[len(name) + 2: -len(".partial.gguf")]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
 
 
 # -- checks before any heavy work -------------------------------------------------------------

@@ -156,6 +156,13 @@ def test_interrupted_write_leaves_no_file_under_the_final_name(small_model, tmp_
     with pytest.raises(OSError):
         export.export_run(run_dir, tmp_path / "out")
     assert ggufs(tmp_path / "out") == []
+    # a killed export (no finally) leaves its partial file: the next export clears it, not a live one's
+    dead, alive = (tmp_path / "out" / f".lesson-run.{pid}.partial.gguf" for pid in (2**22 + 1, os.getppid()))
+    dead.write_bytes(b"GGUF")
+    alive.write_bytes(b"GGUF")
+    with pytest.raises(OSError):
+        export.export_run(run_dir, tmp_path / "out")
+    assert not dead.exists() and alive.exists()  # another export may still be writing that one
 
 
 def test_lora_run_is_merged_into_its_base_and_its_adapter_zipped(small_model, chat_file, tmp_path):

@@ -96,6 +96,7 @@ def human_bytes(n: float | None) -> str:
 
 
 def human_count(n: float | None) -> str:
+    """``1.2M`` / ``34.8K`` for a count, or ``unknown``."""
     if n is None:
         return "unknown"
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -105,6 +106,7 @@ def human_count(n: float | None) -> str:
 
 
 def human_seconds(s: float | None) -> str:
+    """``27 s`` / ``12 min`` / ``1.5 h``, or ``unknown``."""
     if s is None:
         return "unknown"
     if s < 90:
@@ -221,5 +223,6 @@ def masked_tokens_html(pieces: list[str], labels: list[int]) -> str:
 
 
 def next_step(page: str, label: str, icon: str = ":material/arrow_forward:") -> None:
+    """A divider and a link to the next lesson, at the bottom of a page."""
     st.divider()
     st.page_link(page, label=label, icon=icon)

@@ -194,7 +194,8 @@ def _final_config(final: Path):
 
 
 def _check_architecture(config):
-    arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+    by_type = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}  # a config saved without architectures
+    arch = (getattr(config, "architectures", None) or [by_type.get(config.model_type, type(config).__name__)])[0]
     if arch not in ARCHITECTURES:
         raise UserError(f"this run's model is {arch} ({config.model_type}); GGUF export supports {SUPPORTED_TEXT}. "
                         "Fine-tune one of those (the embedded SmolLM2 is one) to export it")

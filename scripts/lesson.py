@@ -7,6 +7,25 @@
 2. Evaluate the base and the tuned model on the held-out set with the same greedy
    sampler: perplexity, ROUGE-L, keyword coverage and house-style adherence.
 3. Write <out>/results.json, <out>/results.md and <out>/loss_curve.png.
+
+This script is the one writer of ``results.json``. Its schema (every key is written by
+:func:`main`; a reader must accept ``null`` where a metric was not computed):
+
+- ``command`` (str): what produced it; ``date`` (YYYY-MM-DD);
+  ``machine``: ``{"description": str, "python": str}``
+- ``config``: the run's ``RunConfig.to_dict()``; ``run_dir`` (str)
+- ``train``: ``{"steps": int, "precision": "fp32"|"bf16"|"fp16", "precision_reason": str,
+  "format", "records", "train_examples", "val_examples", "truncated", "dropped", "train_tokens"}``
+- ``heldout``: ``{"path": str, "samples": int, "max_new_tokens": int}``
+- ``perplexity``, ``rouge_l``, ``keyword_coverage``, ``house_style``: each
+  ``{"base": float|null, "tuned": float|null, "change": float, "relative_change": float}``
+  (the last two only when both sides exist; ``relative_change`` only when base is non-zero)
+- ``final_eval_loss`` (float|null): the last validation loss of the run
+- ``wall_s``: ``{"train": float, "evaluate": float, "total": float}`` seconds
+- ``tokens_per_s`` (float): median training speed over the steps after the first
+- ``examples``: ``[{"prompt": str, "base": str, "tuned": str}]``, the first five held-out answers
+- ``previous`` (object|null): the figures of the results.json this run replaced
+  (``date``, ``precision``, ``perplexity_tuned``, ``train_s``, ``total_s``), for the before/after note
 """
 
 from __future__ import annotations
@@ -30,6 +49,7 @@ from core.errors import UserError  # noqa: E402
 
 SHOWCASE = "Explain photosynthesis."
 EVALUATORS = ["perplexity", "rouge_l", "keyword_coverage", "house_style"]
+EVAL_BATCH = 25
 
 
 def loss_curve_png(rows: list[dict], path: Path, title: str) -> None:
@@ -83,7 +103,8 @@ def write_markdown(results: dict, path: Path) -> None:
         f"lr {results['config']['lr']}, {results['config']['epochs']} epoch(s), batch {results['config']['batch_size']}"
         f" x grad_accum {results['config']['grad_accum']}, max_length {results['config']['max_length']}",
         f"- training: {results['train']['steps']} optimizer steps on {results['train']['train_examples']} examples "
-        f"in {results['wall_s']['train']:.0f} s, median {results['tokens_per_s']:.0f} tokens/s",
+        f"in {results['wall_s']['train']:.0f} s, median {results['tokens_per_s']:.0f} tokens/s, precision "
+        f"{results['train'].get('precision')} ({results['train'].get('precision_reason')})",
         f"- held-out: {results['heldout']['samples']} prompts from `{results['heldout']['path']}`, greedy decoding, "
         f"up to {results['heldout']['max_new_tokens']} new tokens",
         "",
@@ -115,6 +136,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"Wall time: {results['wall_s']['train']:.0f} s training, {results['wall_s']['evaluate']:.0f} s evaluation, "
         f"{results['wall_s']['total']:.0f} s in all.",
         "",
+        *_changes(results),
         "![loss curve](loss_curve.png)",
         "",
         "## Side by side",
@@ -126,8 +148,32 @@ def write_markdown(results: dict, path: Path) -> None:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def _changes(results: dict) -> list[str]:
+    """Before/after against the results this run replaced: quality must hold while speed changes."""
+    prev, p = results.get("previous"), results["perplexity"]
+    if not prev or prev.get("perplexity_tuned") is None or p.get("tuned") is None:
+        return []
+    drift = p["tuned"] / prev["perplexity_tuned"] - 1
+    return ["## Against the previous run", "",
+            f"The previous results ({prev['date']}, precision {prev['precision']}): tuned perplexity "
+            f"{prev['perplexity_tuned']:.2f}, {prev['train_s']:.0f} s training, {prev['total_s']:.0f} s in all. "
+            f"This run ({results['train'].get('precision')}): {p['tuned']:.2f} ({drift:+.1%}; the goal is within "
+            f"±3%), {results['wall_s']['train']:.0f} s training, {results['wall_s']['total']:.0f} s in all.", ""]
+
+
 def _quote(text: str) -> str:
     return "\n".join("> " + line for line in (text.strip() or "(empty)").splitlines())
+
+
+def previous_figures(path: Path) -> dict | None:
+    """The headline figures of the results.json about to be replaced (None if there is none)."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        return {"date": old["date"], "precision": old["train"].get("precision") or "fp32",
+                "perplexity_tuned": old["perplexity"]["tuned"], "train_s": old["wall_s"]["train"],
+                "total_s": old["wall_s"]["total"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def main() -> int:
@@ -176,8 +222,10 @@ def main() -> int:
         if i % 10 == 0 or i == n:
             print(f"[lesson] answered {i}/{n}", flush=True)
 
+    # 25 prompts a batch: decoding on a CPU is bound by reading the weights, so two batches of 25
+    # take little longer than one of 8, and the evaluation about a third of the time (docs/results.md)
     report = evaluate.compare(base, tuned, samples, evaluators=EVALUATORS, max_new_tokens=args.max_new_tokens,
-                              max_length=cfg.max_length, progress=progress)
+                              max_length=cfg.max_length, progress=progress, batch_size=EVAL_BATCH)
     evaluate.save_report(run_dir, report)
     eval_s = time.time() - t
 
@@ -195,7 +243,8 @@ def main() -> int:
         "machine": {"description": machine, "python": platform.python_version()},
         "config": cfg.to_dict(),
         "run_dir": str(run_dir),
-        "train": {"steps": result["step"], **status.get("data", {})},
+        "train": {"steps": result["step"], "precision": status.get("precision"),
+                  "precision_reason": status.get("precision_reason"), **status.get("data", {})},
         "heldout": {"path": str(Path(args.heldout).relative_to(REPO)) if Path(args.heldout).is_absolute()
                     and REPO in Path(args.heldout).parents else args.heldout,
                     "samples": len(samples), "max_new_tokens": args.max_new_tokens},
@@ -207,6 +256,7 @@ def main() -> int:
         "wall_s": {"train": round(train_s, 1), "evaluate": round(eval_s, 1), "total": round(time.time() - started, 1)},
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in train_rows[1:] or train_rows),
         "examples": examples,
+        "previous": previous_figures(out / "results.json"),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     loss_curve_png(rows, out / "loss_curve.png", f"{cfg.method} fine-tuning, lr {cfg.lr:g}")

@@ -74,7 +74,8 @@ def table(results: dict, peak: dict, fpt: float) -> list[str]:
         mfu = fpt * tps / (peak[r["precision"]] * 1e12)
         gc = " + grad. checkpointing" if r.get("gradient_checkpointing") else ""
         ratio = "—" if name == "tunelab" else f"{r['seconds'] / base:.2f}x as fast"
-        lines.append(f"| {r['label']} | {r['precision']}{gc} | {r['seconds']:.1f} | {tps:.0f} | {ratio} | "
+        rounds = " (" + ", ".join(f"{x:.1f}" for x in r["all_seconds"]) + ")" if len(r["all_seconds"]) > 1 else ""
+        lines.append(f"| {r['label']} | {r['precision']}{gc} | {r['seconds']:.1f}{rounds} | {tps:.0f} | {ratio} | "
                      f"{r['peak_rss'] / 2**30:.2f} GiB | {mfu:.1%} | {r['loss']:.3f} |")
     return lines
 
@@ -128,6 +129,7 @@ def main() -> None:
     ap.add_argument("--peers", help="comma list of " + ", ".join(["tunelab", "tunelab-fp32", "tunelab-bf16",
                                                                    "seed", "trl", "trl-fastest", "bare"]))
     ap.add_argument("--no-levers", action="store_true", help="skip the levers and the first-loss timing")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over the peers; each row is its fastest round")
     ap.add_argument("--out", default=str(REPO / "docs" / "bench.md"))
     args = ap.parse_args()
     if args.peer:
@@ -142,14 +144,23 @@ def main() -> None:
         names.insert(0, "tunelab")
     started = time.time()
     peak = run_peer("matmul", 0)
-    print(f"matmul peak: fp32 {peak['fp32']:.2f} TFLOP/s, bf16 {peak['bf16']:.2f} TFLOP/s", flush=True)
     results = {}
-    for name in names:
-        r = run_peer(name, args.examples)
-        r["label"] = peers.PEERS[name][0]
-        results[name] = r
-        print(f"{r['label']:<62} {r['seconds']:7.1f} s/epoch  {r['tokens'] / r['seconds']:6.0f} tokens/s  "
-              f"RSS {r['peak_rss'] / 2**30:.2f} GiB  loss {r['loss']:.3f}  ({r['steps']} steps)", flush=True)
+    for _ in range(args.repeats):  # rounds over every peer, so a neighbour's burst hits one round of each
+        for name in names:
+            r = run_peer(name, args.examples)
+            r["label"] = peers.PEERS[name][0]
+            print(f"{r['label']:<62} {r['seconds']:7.1f} s/epoch  {r['tokens'] / r['seconds']:6.0f} tokens/s  "
+                  f"RSS {r['peak_rss'] / 2**30:.2f} GiB  loss {r['loss']:.3f}  ({r['steps']} steps)", flush=True)
+            best = results.get(name)
+            r["all_seconds"] = (best["all_seconds"] if best else []) + [r["seconds"]]
+            if best and best["seconds"] <= r["seconds"]:  # the fastest round; the highest RSS of any
+                best.update(all_seconds=r["all_seconds"], peak_rss=max(best["peak_rss"], r["peak_rss"]))
+            else:
+                results[name] = {**r, "peak_rss": max(r["peak_rss"], best["peak_rss"] if best else 0)}
+    # measured again at the end, the best of both: a neighbour's burst must not lower the ceiling
+    after = run_peer("matmul", 0)
+    peak = {k: max(peak[k], after[k]) for k in ("fp32", "bf16")}
+    print(f"matmul peak: fp32 {peak['fp32']:.2f} TFLOP/s, bf16 {peak['bf16']:.2f} TFLOP/s", flush=True)
     mean_length = results["tunelab"]["tokens"] / args.examples
     lines = table(results, peak, flops_per_token(mean_length))
     print("\n" + "\n".join(lines + [""] + goals(results)))
@@ -160,7 +171,8 @@ def main() -> None:
 
 
 def write_report(path: Path, args, results, peak, lines, levers, first, seconds) -> None:
-    command = "make bench" if args.examples == 64 and not args.peers and not args.no_levers else \
+    default = args.examples == 64 and not args.peers and not args.no_levers and args.repeats == 1
+    command = "make bench" if default else \
         "python bench/compare.py " + " ".join(a for a in sys.argv[1:])
     text = [
         "# Performance: TuneLab against the libraries a learner knows",
@@ -174,7 +186,7 @@ def write_report(path: Path, args, results, peak, lines, levers, first, seconds)
         "loading and tokenization excluded for all). Each row ran in a process of its own, one after "
         "another, so its peak RSS (the process's high-water mark, loading included) is its own. Real tokens "
         "are the unpadded ones; MFU counts 6 N + attention FLOPs per real token (nanoGPT's formula) against "
-        f"the best square-matmul rate measured in the same run: {peak['fp32']:.2f} TFLOP/s in fp32, "
+        f"the best square-matmul rate measured in the same run (before and after the peers): {peak['fp32']:.2f} TFLOP/s in fp32, "
         f"{peak['bf16']:.2f} TFLOP/s in bf16. TuneLab computes logits only at trained positions, so it does "
         "less work per token than the formula counts: its MFU is what it achieves per token of the model's work.",
         "",
@@ -187,6 +199,15 @@ def write_report(path: Path, args, results, peak, lines, levers, first, seconds)
         "These machines are noisy (shared cores): compare rows within one run, and rerun it; a row's "
         "seconds move by 10-20% between runs. The last loss is each peer's own last logged step; TRL is "
         "given prompt/completion data, so it trains on the answers only, as TuneLab does.",
+        "",
+    ]
+    text += [
+        "What was tried and not kept: glibc's heap keeps freed activation memory, so the resting RSS "
+        "between steps is about 2 GiB above the live tensors. Giving large blocks back at once "
+        "(`MALLOC_MMAP_THRESHOLD_=1048576 python bench/compare.py --peers tunelab --no-levers`) lowered "
+        "TuneLab's peak by about 0.6 GiB in a trial on this machine but made every step about 25% slower "
+        "(each block is faulted in and zeroed anew), so it is left to the user; TRL's lower RSS at its "
+        "defaults comes from gradient checkpointing, which TuneLab offers as `gradient_checkpointing: true`.",
         "",
     ]
     if levers:

@@ -128,3 +128,21 @@ def serve_thin_app(venv: Path, home: Path, runs_dir: Path, port: int, cgroup: Me
                          "--browser.gatherUsageStats", "false"],
                         cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     return proc, log
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and its descendants, in bytes."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:  # exited between listing and reading
+            pass
+    return total

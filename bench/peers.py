@@ -141,7 +141,7 @@ def trl(n: int, fastest: bool = False) -> dict:
             "precision": "bf16" if args.bf16 else "fp32", "gradient_checkpointing": bool(args.gradient_checkpointing)}
 
 
-def matmul_peak(size: int = 2048, repeats: int = 10) -> dict:
+def matmul_peak(size: int = 2048, repeats: int = 20) -> dict:
     """The best TFLOP/s of a square matmul, fp32 and bf16: the ceiling MFU is measured against."""
     import torch
 

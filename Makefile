@@ -38,8 +38,9 @@ test-fast: setup
 lesson: setup
 	$(PY) scripts/lesson.py
 
+# The peers (trl) are installed by bench/run.sh, not by make setup.
 bench: setup
-	$(PY) bench/train_step.py
+	PY=$(PY) bash bench/run.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -15,6 +15,7 @@ PAGES = {
         st.Page("dashboard/fine_tune.py", title="4 · Fine-tune", icon=":material/model_training:"),
         st.Page("dashboard/generate.py", title="5 · Generate", icon=":material/chat:"),
         st.Page("dashboard/evaluate.py", title="6 · Evaluate", icon=":material/fact_check:"),
+        st.Page("dashboard/export.py", title="Use your model elsewhere", icon=":material/ios_share:"),
     ],
     "Go deeper": [
         st.Page("dashboard/memory.py", title="7 · Memory", icon=":material/memory:"),

@@ -523,18 +523,22 @@ class LocalEngine(Engine):
                             "(TUNELAB_BACKEND=ray) to train.")
         cfg = RunConfig.from_dict(config)
         cfg.validate("the planned run")
-        return runs.start(cfg, name).name
+        return runs.start(cfg, name, owner=owner).name
 
     def resume_run(self, run_id, owner=None) -> None:
         require_engine("Training")
         from . import runs
 
-        runs.launch(self._run_dir(run_id), resume=True)
+        run_dir = self._run_dir(run_id)
+        runs.check_control(run_dir, owner, "resume")
+        runs.launch(run_dir, resume=True)
 
     def stop_run(self, run_id, owner=None) -> None:
         from . import runs
 
-        runs.request_stop(self._run_dir(run_id))
+        run_dir = self._run_dir(run_id)
+        runs.check_control(run_dir, owner, "stop")
+        runs.request_stop(run_dir)
 
     def list_runs(self) -> list[dict]:
         from . import runs

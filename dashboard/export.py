@@ -11,7 +11,7 @@ import streamlit as st
 
 from dashboard import common, state
 
-RESULT = "export_result"  # the last export's result on this page: {"run_id", "type", "result"}
+RESULT = state.EXPORT_RESULT
 
 # Measured on this project's machine (2 CPU cores) with the embedded SmolLM2-135M-Instruct as final/:
 # the figures script in the README section "Use your model elsewhere" reproduces them.

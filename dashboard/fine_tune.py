@@ -130,13 +130,13 @@ def reading(rows: list[dict]) -> list[tuple[str, str]]:
 def figures(run_id: str, rows: list[dict], smoothing: float, total) -> dict:
     """The four live charts, rebuilt only when a new metrics row arrived (most polls find none)."""
     signature = (run_id, len(rows), smoothing, total)
-    cached = st.session_state.get("ft.figures")
+    cached = st.session_state.get(state.FT_FIGURES)
     if cached is None or cached[0] != signature:
         figs = {"loss": charts.loss_chart(rows, smoothing, total),
                 "lr": charts.metric_chart(rows, "lr", "learning rate", "#2f6fdb", fmt=".1e"),
                 "grad_norm": charts.metric_chart(rows, "grad_norm", "gradient norm", "#d97706"),
                 "speed": charts.metric_chart(rows, "tokens_per_s", "tokens per second", "#16a34a", fmt=",.0f")}
-        cached = st.session_state["ft.figures"] = (signature, figs)
+        cached = st.session_state[state.FT_FIGURES] = (signature, figs)
     return cached[1]
 
 

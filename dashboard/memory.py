@@ -9,7 +9,7 @@ import streamlit as st
 from dashboard import charts, common, lessons, memory_view, state
 
 BATCHES, LENGTHS = [1, 2, 4, 8, 16, 32, 64], [64, 128, 256, 512, 1024, 2048, 4096]
-MEASURED = "memory_measured"  # this page's own state (not shared): the last measurements
+MEASURED = state.MEMORY_MEASURED
 
 
 def your_set_up():

@@ -103,7 +103,7 @@ def installed_tab() -> None:
 
 
 def install_result(package: str) -> None:
-    result = st.session_state.get(f"catalog.result.{package}")
+    result = st.session_state.get(state.CATALOG_RESULT.format(package=package))
     if not result:
         return
     shown = {p["name"] for p in state.engine().plugins()}
@@ -151,7 +151,7 @@ def catalog_entry(entry: dict, loaded: dict) -> None:
             if st.button(f"Install {package}", key=f"catalog.install.{package}", disabled=not understood,
                          help="Runs pip install with the catalog's spec, in TuneLab's Python environment."):
                 with common.user_errors(), st.spinner(f"pip install {entry['install']} …"):
-                    st.session_state[f"catalog.result.{package}"] = state.engine().install_plugin(package)
+                    st.session_state[state.CATALOG_RESULT.format(package=package)] = state.engine().install_plugin(package)
                     common.plugin_items.clear()
                     st.rerun()
         install_result(package)

@@ -32,6 +32,11 @@ CURRENT_RUN = "current_run"        # the run page 4 looks at; pages 5, 6 and exp
 OWNER = "owner"                    # this browser session's id: in a shared deployment, whose runs are whose
 UPLOADS = "uploads"                # paths of the files this session uploaded (Evaluate may read only these)
 GEN_ANSWERS = "gen_answers"        # the last answers on page 5 (and the sampler they were made with)
+# keys one page keeps for itself, declared here all the same so no two pages collide
+FT_FIGURES = "ft.figures"          # page 4: the live charts, rebuilt only when a new metrics row arrived
+MEMORY_MEASURED = "memory_measured"  # page 7: the last measured steps
+CATALOG_RESULT = "catalog.result.{package}"  # page 8: the outcome of installing a catalog package
+EXPORT_RESULT = "export_result"    # export page: the last export's result {"run_id", "type", "result"}
 
 
 def engine() -> Engine:

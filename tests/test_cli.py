@@ -51,7 +51,7 @@ def test_plugins_json_schema(env, tmp_path):
         assert {"name", "version", "source", "status", "error", "hooks", "contributes"} <= set(p)
         assert p["source"] in ("builtin", "entrypoint", "dir")
         assert p["status"] in ("loaded", "failed", "disabled")
-        assert set(p["contributes"]) == {"data_formats", "samplers", "evaluators"}
+        assert set(p["contributes"]) == {"data_formats", "samplers", "evaluators", "backends"}
         assert all(isinstance(v, list) for v in p["contributes"].values())
         assert isinstance(p["hooks"], list)
     by_name = {p["name"]: p for p in listing}

@@ -644,6 +644,14 @@ class LocalEngine(Engine):
         return embedded_ready()
 
 
+def app_plugins() -> list[dict]:
+    """The plugins of the process the dashboard runs in (no torch needed): with a remote backend they
+    differ from :meth:`Engine.plugins`, the box's, and the Plugins page shows both."""
+    from .registry import get_registry
+
+    return get_registry().listing()
+
+
 # -- choosing the backend ---------------------------------------------------------------------
 
 SETTING_ENV = {"backend": "TUNELAB_BACKEND", "address": "TUNELAB_RAY_ADDRESS", "token": "TUNELAB_RAY_TOKEN"}

@@ -6,6 +6,7 @@ remote backend); switching, browsing the catalog and installing go through the e
 
 import streamlit as st
 
+from core.engine import app_plugins
 from dashboard import common, lessons, state
 
 KIND_LABELS = {"data_formats": "data formats", "samplers": "samplers", "evaluators": "evaluators", "backends": "backends"}
@@ -97,9 +98,22 @@ def installed_tab() -> None:
             st.dataframe(clashes, hide_index=True, width="stretch")
     else:
         st.caption("No name clashes: every plugin, format, sampler and evaluator name is unique.")
+    if engine.name != "local":
+        where_each_plugin_is(listing)
     for plugin in listing:
         plugin_card(plugin)
     by_kind(listing, items)
+
+
+def where_each_plugin_is(box: list[dict]) -> None:
+    """With a remote backend: the box's plugins (they train, generate, evaluate) against the app's own."""
+    app = {p["name"]: p for p in app_plugins()}
+    on_box = {p["name"]: p for p in box}
+    rows = [{"plugin": name, "on the GPU box": on_box[name]["status"] if name in on_box else "—",
+             "in this app": app[name]["status"] if name in app else "—"} for name in sorted(set(app) | set(on_box))]
+    st.markdown("**Where each plugin is.** The GPU box's plugins do the work (data, sampling, evaluation); this "
+                "app's own only read what the box sends. A plugin the box lacks must be installed on the box.")
+    st.dataframe(rows, hide_index=True, width="stretch", key="plugins.where")
 
 
 def install_result(package: str) -> None:

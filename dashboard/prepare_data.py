@@ -117,9 +117,28 @@ def report_metrics(report: dict, max_length: int) -> None:
         problems.append(f"{report['over_max_length']} examples longer than max_length = {max_length} will be cut")
     if problems:
         st.warning("Worth a look: " + "; ".join(problems) + ".", icon=":material/warning:")
-    else:
+    elif not report.get("warnings") and not report.get("dropped"):
         st.success("No problems found: no empty records, no duplicates, nothing longer than max_length.",
                    icon=":material/check_circle:")
+    kept_and_dropped(report)
+
+
+def kept_and_dropped(report: dict) -> None:
+    """What the format kept, what it dropped and why (KTO's undesirable answers, untrained turns), and its
+    warnings (placeholders, tool calls): the reading of data sets from other tools, in plain sight."""
+    dropped, warnings, counts = report.get("dropped") or [], report.get("warnings") or [], report.get("counts") or {}
+    if not dropped and not warnings:
+        return
+    n_dropped = counts.get("dropped", len(dropped))
+    st.markdown(f"**Kept {report.get('kept', report['records']):,} records"
+                + (f", dropped {n_dropped:,}**" if n_dropped else "**"))
+    if dropped:
+        st.dataframe([{"row": d.get("row"), "why dropped": d.get("reason")} for d in dropped], hide_index=True,
+                     width="stretch", key="data.dropped")
+    for w in warnings[:10]:
+        st.warning((f"Row {w['row']}: " if w.get("row") else "") + w.get("message", ""), icon=":material/warning:")
+    if counts.get("warnings", len(warnings)) > 10:
+        st.caption(f"… and {counts['warnings'] - 10} more warnings (`python -m core data check FILE` lists them).")
 
 
 def first_records(rows: list[dict]) -> None:

@@ -116,7 +116,7 @@ def test_it_shows_on_the_plugins_page():
     from dashboard import common
 
     registry.reset_registry()
-    common.reload_registry()
+    common.plugin_items.clear()  # the pages cache the lists of formats, samplers and evaluators
     at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=60)
     at.run()
     at.switch_page("dashboard/plugins.py").run()

@@ -33,7 +33,7 @@ test: setup chromium
 	$(PY) -m pytest -q
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not e2e and not slow"
+	$(PY) -m pytest -q -m "not e2e and not slow and not ray"
 
 lesson: setup
 	$(PY) scripts/lesson.py

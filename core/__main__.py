@@ -189,6 +189,12 @@ def cmd_train(args) -> int:
         check_path(cfg.data.path)
     except UserError as exc:
         raise UserError(f"{args.config}: data.path: {exc}") from None
+    try:  # so is a model folder that is not there: no torch import, no run folder left marked failed
+        from .models import check_model_name
+
+        check_model_name(cfg.model)
+    except UserError as exc:
+        raise UserError(f"{args.config}: model: {exc}") from None
     if run_dir is None:
         run_dir = runs.create_run(cfg, Path(args.config).stem)
     if not claimed:

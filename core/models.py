@@ -144,6 +144,18 @@ def folder_signature(name: str) -> tuple:
         return ()
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a model folder that is not there, without importing torch: before a run folder is made."""
+    name = (name or EMBEDDED).strip()
+    if name == EMBEDDED:
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        resolve(name)  # a folder: it must hold a model (config.json or an adapter)
+    elif path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        resolve(name)  # raises: a file, or a folder that does not exist
+
+
 def _offline_hint(name: str, exc: Exception) -> UserError:
     return UserError(
         f"could not load '{name}' from the Hugging Face Hub ({type(exc).__name__}); it is not in the "

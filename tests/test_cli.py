@@ -180,3 +180,12 @@ def test_train_bad_config_exits_2_fast(env, tmp_path, text, overrides, fragments
     result = cli(env, *args, timeout=60)
     assert_user_error(result, *fragments)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_train_refuses_a_missing_model_folder_before_making_a_run(env, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {tmp_path / 'no-such-model'}\ndata:\n  path: {REPO / 'data' / 'science_tutor_train.alpaca.json'}\n")
+    runs_dir = tmp_path / "runs"
+    result = cli(dict(env, TUNELAB_RUNS_DIR=str(runs_dir)), "train", config)
+    assert_user_error(result, "c.yaml", "model", "does not exist")
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())  # nothing created, nothing marked failed

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pluggy
@@ -15,6 +14,7 @@ import pytest
 from core import runs, train
 from core.config import RunConfig
 from core.registry import Registry
+from test_runs import wait_for  # one polling helper for the run tests
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 LIFECYCLE_HOOKS = ("on_train_start", "on_log", "on_evaluate", "on_train_end")  # hookspecs.py's callbacks
@@ -36,15 +36,6 @@ def write_config(path, cfg):
 def cli(*args, timeout=180):
     return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=runs.REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def wait_for(predicate, timeout=120, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def losses(run_dir):

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from no_engine import without_engine
+
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = sorted((REPO / "dashboard").glob("*.py"))
 CORE = sorted((REPO / "core").rglob("*.py"))
@@ -97,25 +99,11 @@ def test_the_facade_active_states_are_the_run_stores():
 
 
 BLOCK_HEAVY = """
-import importlib.util, sys
-BLOCKED = set({blocked!r})
-
-class Missing:  # as on Streamlit Cloud: importing these fails, and find_spec says None
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-        return None
-
-_find_spec = importlib.util.find_spec
-importlib.util.find_spec = lambda name, package=None: (
-    None if name.split(".")[0] in BLOCKED else _find_spec(name, package))
-sys.meta_path.insert(0, Missing())
-sys.path.insert(0, {repo!r})
 from dashboard import charts, common, lessons, memory_view, state  # noqa: F401 - importable without torch
 from core.engine import LocalEngine, curve_signals, ema
 
 engine = LocalEngine()
-summary = engine.plan_summary({{"lr": 3e-4}}, 300, 50, 1000.0)
+summary = engine.plan_summary({"lr": 3e-4}, 300, 50, 1000.0)
 assert (summary["n_train"], summary["total_steps"], summary["cli_sets"]) == (270, 68, ["lr=0.0003"]), summary
 assert "def train" in engine.loop_source()["source"]
 assert engine.allowed_data("data/science_tutor_heldout.alpaca.json").endswith("science_tutor_heldout.alpaca.json")
@@ -128,6 +116,6 @@ print("ok")
 
 
 def test_the_widgets_and_the_pure_verbs_work_without_torch():
-    script = BLOCK_HEAVY.format(blocked=sorted(HEAVY), repo=str(REPO))
+    script = without_engine(BLOCK_HEAVY, REPO, HEAVY)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

@@ -15,6 +15,7 @@ if str(REPO) not in sys.path:
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from dashboard import charts  # noqa: E402
+from no_engine import without_engine  # noqa: E402
 
 APP = str(REPO / "streamlit_app.py")
 TIMEOUT = 60
@@ -325,22 +326,7 @@ def test_questions_page_without_results_names_the_command(tmp_path, monkeypatch)
 # -- without the engine (the Streamlit Cloud app with no backend configured) --------------------------
 
 NO_ENGINE = """
-import importlib.util, json, sys
-# As on Streamlit Cloud: the engine's packages are missing. Importing one fails, and find_spec
-# (what engine_installed and the datasets library ask) says None, as when it is not installed.
-BLOCKED = {"torch", "transformers", "peft", "accelerate"}
-
-class Missing:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-_find_spec = importlib.util.find_spec
-importlib.util.find_spec = lambda name, package=None: (
-    None if name.split(".")[0] in BLOCKED else _find_spec(name, package))
-sys.meta_path.insert(0, Missing())
-sys.path.insert(0, REPO)
+import json
 import core.engine
 assert not core.engine.engine_installed()
 from streamlit.testing.v1 import AppTest
@@ -362,7 +348,7 @@ ALL_PAGES = ("welcome", "load_model", "prepare_data", "set_up_training", "fine_t
 def test_without_the_engine_every_page_says_so_in_a_sentence(runs_dir, embedded_dir):
     import subprocess
 
-    script = f"REPO = {str(REPO)!r}\nPAGES = {list(ALL_PAGES)!r}\n" + NO_ENGINE
+    script = without_engine(f"REPO = {str(REPO)!r}\nPAGES = {list(ALL_PAGES)!r}\n" + NO_ENGINE, REPO)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO,
                             env={**__import__("os").environ, "TUNELAB_RUNS_DIR": str(runs_dir)})
     assert result.returncode == 0, result.stderr[-3000:]

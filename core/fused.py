@@ -1,0 +1,189 @@
+"""Leaner versions of a decoder layer's small operations, with the same maths: :func:`fuse`.
+
+A small model's training step on a CPU spends much of its memory, and a good share of its
+time, outside the matrix multiplies: on the tensors the element-wise operations keep for
+backward. Three changes, each made only where it is proven to compute what the model did:
+
+- **RMSNorm** as one autograd function that keeps its input and ``1/rms`` (transformers'
+  version keeps three tensors). Under autocast the decoder layers' two norms return the
+  16-bit tensor the next projections would each have cast it to anyway, so q, k and v
+  (and gate and up) share one copy instead of keeping one each.
+- **SwiGLU** (``silu(gate) * up``) as one function that keeps ``gate`` and ``up`` and
+  recomputes the sigmoid in backward (instead of keeping ``silu(gate)`` as well).
+- **Attention on a CPU under bf16 autocast** runs in fp32: torch's CPU flash-attention
+  backward is about three times slower in bf16 than in fp32 on the same shapes
+  (``python bench/levers.py`` shows the step with and without).
+
+A module is changed only if a probe on a random input gives the same output as its own
+forward (so a norm that adds 1 to its weight, as Gemma's does, is left alone). The model's
+weights and ``save_pretrained`` are untouched: only how the forward and backward run.
+This is the approach of Liger Kernel's fused RMSNorm and SwiGLU, in plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+FP32_ATTENTION = "tunelab_fp32_sdpa"
+LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")  # each feeds projections only
+
+
+def fuse(model, precision: str) -> list[str]:
+    """Fuse ``model``'s norms and SwiGLU MLPs in place; returns what changed, e.g. ``["rmsnorm x61", ...]``.
+
+    ``precision`` is the resolved one (fp32, bf16 or fp16): fp32 attention is chosen for bf16 on a CPU.
+    """
+    done = {"rmsnorm": 0, "swiglu": 0}
+    for name, module in model.named_modules():
+        if _is_rmsnorm(module):
+            module.forward = types.MethodType(
+                functools.partial(_rmsnorm_forward, cast=name.rsplit(".", 1)[-1] in LAYER_NORMS), module)
+            done["rmsnorm"] += 1
+        elif _is_swiglu(module):
+            module.forward = types.MethodType(_swiglu_mlp_forward, module)
+            done["swiglu"] += 1
+    changed = [f"{k} x{v}" for k, v in done.items() if v]
+    if precision == "bf16" and next(model.parameters()).device.type == "cpu" and _uses_sdpa(model):
+        _register_fp32_attention()
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.set_attn_implementation(FP32_ATTENTION)
+        changed.append("attention in fp32")
+    return changed
+
+
+# -- RMSNorm -------------------------------------------------------------------------------------
+def _rmsnorm_forward(self, hidden_states, cast: bool = False):
+    import torch
+
+    device = hidden_states.device.type
+    out_dtype = torch.get_autocast_dtype(device) if cast and torch.is_autocast_enabled(device) else None
+    return _rmsnorm_class().apply(hidden_states, self.weight, self.variance_epsilon, out_dtype)
+
+
+@functools.cache  # defined on first use: importing this module must not import torch
+def _rmsnorm_class():
+    import torch
+
+    class RMSNorm(torch.autograd.Function):
+        """``weight * (x / rms(x))``, the normalisation in fp32, as transformers' Llama does it."""
+
+        @staticmethod
+        def forward(ctx, x, weight, eps, out_dtype):
+            with torch.autocast(x.device.type, enabled=False):
+                xf = _at_least_fp32(x)
+                rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+                out = weight * (xf * rstd).to(x.dtype)
+            ctx.save_for_backward(x, weight, rstd)
+            return out if out_dtype is None else out.to(out_dtype)
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, weight, rstd = ctx.saved_tensors
+            g, n = _at_least_fp32(grad), _at_least_fp32(x) * rstd
+            grad_w = None
+            if ctx.needs_input_grad[1]:
+                grad_w = (g * n).reshape(-1, n.shape[-1]).sum(0).to(weight.dtype)
+            gn = g * _at_least_fp32(weight)
+            grad_x = rstd * (gn - n * (gn * n).mean(-1, keepdim=True))
+            return grad_x.to(x.dtype), grad_w, None, None
+
+    return RMSNorm
+
+
+def _is_rmsnorm(module) -> bool:
+    """An RMSNorm computing ``weight * x / rms(x)`` (checked on a probe)."""
+    import torch
+
+    weight, eps = getattr(module, "weight", None), getattr(module, "variance_epsilon", None)
+    if not isinstance(weight, torch.nn.Parameter) or weight.dim() != 1 or not isinstance(eps, float):
+        return False
+    if "rmsnorm" not in type(module).__name__.lower():
+        return False
+    probe = _probe(weight, weight.shape[0])
+    with torch.no_grad():
+        want = module(probe)
+        got = _rmsnorm_class().apply(probe, weight, eps, None)
+    return want.shape == got.shape and want.dtype == got.dtype and torch.allclose(want, got, rtol=1e-4, atol=1e-5)
+
+
+# -- SwiGLU --------------------------------------------------------------------------------------
+def _swiglu_mlp_forward(self, x):
+    return self.down_proj(_swiglu_class().apply(self.gate_proj(x), self.up_proj(x)))
+
+
+@functools.cache
+def _swiglu_class():
+    import torch
+    import torch.nn.functional as F
+
+    class SwiGLU(torch.autograd.Function):
+        """``silu(gate) * up``; backward recomputes ``sigmoid(gate)`` rather than keeping ``silu(gate)``."""
+
+        @staticmethod
+        def forward(ctx, gate, up):
+            ctx.save_for_backward(gate, up)
+            return F.silu(gate) * up
+
+        @staticmethod
+        def backward(ctx, grad):
+            gate, up = ctx.saved_tensors
+            g, gf, uf = _at_least_fp32(grad), _at_least_fp32(gate), _at_least_fp32(up)
+            s = torch.sigmoid(gf)
+            grad_up = g * gf * s
+            grad_gate = g * uf * s * (1 + gf * (1 - s))  # d silu(x) / dx = s + x s (1 - s)
+            return grad_gate.to(gate.dtype), grad_up.to(up.dtype)
+
+    return SwiGLU
+
+
+def _is_swiglu(module) -> bool:
+    """A gated MLP ``down(silu(gate(x)) * up(x))`` (checked on a probe)."""
+    import torch
+
+    if not all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        return False
+    weight = next(module.parameters())
+    probe = _probe(weight, module.gate_proj.in_features)
+    with torch.no_grad():
+        if not torch.allclose(module.act_fn(probe), torch.nn.functional.silu(probe)):
+            return False  # another activation (GELU, ...)
+        want, got = module(probe), _swiglu_mlp_forward(module, probe)
+    return torch.allclose(want, got, rtol=1e-4, atol=1e-5)
+
+
+def _at_least_fp32(t):
+    """``t`` in fp32 if it is in 16 bits (fp64 stays fp64)."""
+    import torch
+
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _probe(like, width: int):
+    """A random (2, 3, width) input from a generator of its own: the training RNG is not consumed."""
+    import torch
+
+    generator = torch.Generator(like.device).manual_seed(0)
+    return torch.randn(2, 3, width, generator=generator, device=like.device).to(like.dtype)
+
+
+# -- attention -----------------------------------------------------------------------------------
+def _uses_sdpa(model) -> bool:
+    return getattr(model.config, "_attn_implementation", None) in ("sdpa", FP32_ATTENTION)
+
+
+@functools.cache
+def _register_fp32_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def fp32_sdpa(module, query, key, value, attention_mask, **kwargs):
+        """transformers' SDPA attention on fp32 copies of q, k and v; the output back in their dtype."""
+        import torch
+
+        with torch.autocast(query.device.type, enabled=False):
+            out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(),
+                                                  attention_mask, **kwargs)
+        return out.to(query.dtype), weights
+
+    AttentionInterface.register(FP32_ATTENTION, fp32_sdpa)

@@ -464,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prepare-embedded", help="convert the embedded model once (done by make run)")
     s.set_defaults(func=cmd_prepare_embedded)
 
+    s = sub.add_parser("standby", help="(internal) a training worker started ahead of Start (core/standby.py)")
+    s.add_argument("--fd", type=int, required=True, help="the socket its starter hands the run over")
+    s.set_defaults(func=lambda a: __import__("core.standby", fromlist=["serve"]).serve(a.fd))
+
     s = sub.add_parser("serve", help="the TuneLab service for the Ray backend (run it on the GPU box)")
     s.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (put TLS in front)")
     s.add_argument("--port", type=int, default=8266)

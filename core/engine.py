@@ -346,6 +346,9 @@ class LocalEngine(Engine):
         self.settings = dict(settings or {})
         self.models = ModelCache(self.settings.get("model_cache"))
         self.tokenizers = ModelCache(4)
+        from . import standby
+
+        standby.prestart()  # a worker imports torch ahead of Start (TUNELAB_STANDBY=0: none)
 
     # -- helpers ------------------------------------------------------------------------------
     def _registry(self):

@@ -39,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import standby
 from .errors import UserError
 
 ACTIVE = ("queued", "running", "stopping")
@@ -215,11 +216,22 @@ def _is_worker_of(pid: int, run_dir: Path) -> bool:
         return False
     if "core" not in cmdline:  # python -m core ... / accelerate launch -m core ...
         return False
+    if "standby" in cmdline:  # started ahead (core.standby): it holds this run's lock open
+        return _holds_open(proc, run_dir / LOCK_NAME)
     for arg in cmdline:
         path = (cwd / arg).resolve() if arg and not arg.startswith("-") else None
         if path is not None and (path == run_dir or run_dir in path.parents):
             return True
     return False
+
+
+def _holds_open(proc, path: Path) -> bool:
+    import psutil
+
+    try:
+        return any(Path(f.path) == path for f in proc.open_files())
+    except (psutil.Error, OSError):
+        return False
 
 
 def claim_worker(run_dir) -> bool:
@@ -448,12 +460,14 @@ def launch(run_dir, resume: bool = False) -> int:
         cmd += [str(run_dir)] if resume else [str(run_dir / "config.yaml"), "--run-dir", str(run_dir)]
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{LOCK_FD_ENV: str(fd)})
         with (run_dir / "log.txt").open("a", encoding="utf-8") as log:  # the child keeps its own copy
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,),
-                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-        _write_lock_pid(fd, proc.pid)
+            pid = standby.hand_over(cmd[3:], fd, log.fileno())  # a worker started ahead, if one waits
+            if pid is None:
+                pid = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,),
+                                       stdin=subprocess.DEVNULL, start_new_session=True, env=env).pid
+        _write_lock_pid(fd, pid)
     finally:
         os.close(fd)  # the child's copy keeps the lock held
-    return proc.pid
+    return pid
 
 
 def start(config, name: str | None = None, root=None, owner: str | None = None) -> Path:

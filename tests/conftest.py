@@ -7,6 +7,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["TUNELAB_STANDBY"] = "0"  # no worker started ahead for every engine; tests/test_standby.py has its own
 # The embedded model's converted copy is cached across test sessions (the conversion takes ~25 s).
 os.environ.setdefault("TUNELAB_HOME", str(Path.home() / ".cache" / "tunelab"))
 

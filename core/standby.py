@@ -1,0 +1,180 @@
+"""A training worker started before Start is pressed, so the first loss point comes seconds sooner.
+
+A fresh worker (``python -m core train``) spends its first seconds importing torch,
+transformers and accelerate before it reads a single example. The dashboard's engine starts
+one *standby* worker ahead (:func:`prestart`): ``python -m core standby`` does those imports
+and waits. :func:`hand_over` (called by ``core.runs.launch``) gives it a run over a socket
+pair, passing the run's ``worker.lock`` and ``log.txt`` descriptors, so the lock never leaves a
+holder; the standby then runs ``python -m core train|resume`` for that run, in its own process,
+exactly as a fresh worker would. The next standby starts when that worker exits.
+
+A standby that is not ready yet is not waited for (a fresh worker starts instead). It exits on
+its own when the process that started it exits, or after ``TUNELAB_STANDBY_IDLE_S`` seconds
+(default 1800) unused. It holds the environment its starter had: if that has changed since,
+the standby is replaced rather than used. ``TUNELAB_STANDBY=0`` turns standbys off (the test
+suite does, but for its own tests of them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HANDOVER_TIMEOUT_S = 10.0
+_lock = threading.Lock()
+_current = None  # this process's waiting standby: {"proc", "sock", "env", "ready"}
+
+
+def enabled() -> bool:
+    """Whether this process keeps a standby worker (``TUNELAB_STANDBY``, default on)."""
+    return os.environ.get("TUNELAB_STANDBY", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def prestart() -> None:
+    """Start a standby worker for this process, unless one is waiting or standbys are off."""
+    global _current
+    with _lock:
+        if not enabled() or _usable(_current):
+            return
+        _discard()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "core", "standby", "--fd", str(theirs.fileno())],
+                                    cwd=REPO_ROOT, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                    env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        except OSError:
+            ours.close()
+            return  # no standby: Start launches a fresh worker, as without one
+        finally:
+            theirs.close()
+        _current = {"proc": proc, "sock": ours, "env": dict(os.environ), "ready": False}
+
+
+def hand_over(argv: list[str], lock_fd: int, log_fd: int) -> int | None:
+    """Give ``python -m core <argv>`` to the waiting standby; its pid, or None (launch a fresh worker).
+
+    ``lock_fd`` (the run's held ``worker.lock``) and ``log_fd`` go with it; the caller closes
+    its own copies afterwards, as it does after starting a fresh worker.
+    """
+    global _current
+    with _lock:
+        standby, _current = _current, None
+        if not _usable(standby) or not _ready(standby):
+            _current = standby if _usable(standby) else _discard(standby)
+            return None
+        sock = standby["sock"]
+        try:
+            socket.send_fds(sock, [json.dumps({"argv": argv}).encode()], [lock_fd, log_fd])
+            sock.settimeout(HANDOVER_TIMEOUT_S)
+            answer = sock.recv(64).decode()
+        except OSError:
+            answer = ""
+        if not answer.startswith("ok "):
+            _discard(standby)
+            return None
+        sock.close()
+        # The next standby starts when this worker exits: importing torch beside a training worker
+        # would take CPU from its first steps (on 2 cores, 2-3 s later to the first loss).
+        threading.Thread(target=_then_prestart, args=(standby["proc"],), daemon=True).start()
+        return int(answer.split()[1])
+
+
+def _then_prestart(proc) -> None:
+    proc.wait()
+    prestart()
+
+
+def _usable(standby) -> bool:
+    return bool(standby) and standby["proc"].poll() is None and standby["env"] == dict(os.environ)
+
+
+def _ready(standby) -> bool:
+    """Whether the standby has said it finished its imports (never blocks)."""
+    if not standby["ready"]:
+        readable, _, _ = select.select([standby["sock"]], [], [], 0)
+        if readable:
+            standby["ready"] = standby["sock"].recv(16) == b"ready\n"
+    return standby["ready"]
+
+
+def _discard(standby=None) -> None:
+    """Stop a standby that will not be used (by default this process's current one)."""
+    global _current
+    if standby is None:
+        standby, _current = _current, None
+    if standby:
+        standby["sock"].close()  # the standby sees the socket close and exits on its own
+        threading.Thread(target=_reap, args=(standby["proc"],), daemon=True).start()
+    return None
+
+
+def _reap(proc) -> None:
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- the standby process -------------------------------------------------------------------------
+def warm_up() -> None:
+    """What every worker would do first: import the engine's packages and the embedded model's code."""
+    import accelerate  # noqa: F401
+    import torch  # noqa: F401
+    import transformers
+    from transformers import AutoModelForCausalLM  # noqa: F401
+
+    from . import data, models, queue, runs, train  # noqa: F401
+    from .machine import resolve_precision
+
+    # the thread pool and the matrix kernels' first-use set-up, which a first step would pay for
+    x = torch.randn(64, 64, requires_grad=True)
+    with train.Precision(resolve_precision("auto"), "cpu").autocast():
+        (x @ x).float().sum().backward()
+
+    try:  # the model code (modeling_llama for SmolLM2) is imported on first use: do it now
+        config = transformers.AutoConfig.from_pretrained(models.resolve(models.EMBEDDED))
+        for arch in config.architectures or []:
+            getattr(transformers, arch, None)
+        models.load_tokenizer(models.EMBEDDED)
+    except Exception:  # noqa: BLE001 - not converted yet, or another default: the worker loads what it needs
+        pass
+
+
+def serve(fd: int) -> int:
+    """``python -m core standby --fd N``: warm up, say ready, wait for one run, then be its worker."""
+    sock = socket.socket(fileno=fd)
+    starter = os.getppid()
+    warm_up()
+    sock.sendall(b"ready\n")
+    deadline = time.time() + float(os.environ.get("TUNELAB_STANDBY_IDLE_S") or 1800)
+    while not select.select([sock], [], [], 1.0)[0]:
+        if os.getppid() != starter or time.time() > deadline:
+            return 0  # the dashboard is gone, or nobody pressed Start: free the memory
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(sock, 65536, 2)
+    except OSError:
+        return 0
+    if not message or len(fds) != 2:
+        return 0  # the starter closed the socket: not needed
+    lock_fd, log_fd = fds
+    os.dup2(log_fd, 1)  # the run's log.txt, as a fresh worker's stdout and stderr would be
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    from .runs import LOCK_FD_ENV
+
+    os.environ[LOCK_FD_ENV] = str(lock_fd)  # claim_worker adopts the lock, as from launch()
+    sock.sendall(f"ok {os.getpid()}\n".encode())
+    sock.close()
+    from .__main__ import main
+
+    return main(json.loads(message)["argv"])

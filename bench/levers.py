@@ -5,7 +5,8 @@
 Runs, in one process and on the same batches of the lesson data (batch 8, max_length 256),
 one optimizer step after another under each set-up (after a warm-up of each precision), from
 the plain fp32 step (transformers' own loss over every position, AdamW's per-tensor loop) to
-TuneLab's default, adding one lever at a time. Prints the median seconds per step (after a warm-up step) and the change
+TuneLab's default, adding one lever at a time (``core.fused``'s norms, SwiGLU and fp32 attention
+on a second and third copy of the model). Prints the median seconds per step (after a warm-up step) and the change
 each lever brings. Speed only: the peak memory of each set-up is in bench/compare.py, where
 each peer has a process of its own.
 """
@@ -27,13 +28,18 @@ from bench.common import lesson_batches  # noqa: E402
 from core import train  # noqa: E402
 from core.config import RunConfig  # noqa: E402
 
-LEVERS = [  # (label, precision, fused AdamW, loss: "all" positions / "trained" positions / "chunked")
-    ("fp32, transformers' loss, AdamW loop", "fp32", False, "all"),
-    ("+ fused AdamW", "fp32", True, "all"),
-    ("+ logits at trained positions only", "fp32", True, "trained"),
-    ("+ chunked linear cross-entropy", "fp32", True, "chunked"),
-    ("+ bf16 autocast = TuneLab's default here", "bf16", True, "chunked"),
-    ("bf16 autocast, transformers' loss, AdamW loop", "bf16", False, "all"),
+LEVERS = [  # (label, model, precision, fused AdamW, loss: "all" positions / "trained" positions / "chunked")
+    # model: "plain" as transformers builds it; "fused" with core.fused's RMSNorm and SwiGLU;
+    # "fused+attention" with attention in fp32 as well (what core.fused does under bf16 on a CPU)
+    ("fp32, transformers' loss, AdamW loop", "plain", "fp32", False, "all"),
+    ("+ fused AdamW", "plain", "fp32", True, "all"),
+    ("+ logits at trained positions only", "plain", "fp32", True, "trained"),
+    ("+ chunked linear cross-entropy", "plain", "fp32", True, "chunked"),
+    ("+ fused RMSNorm and SwiGLU = TuneLab in fp32", "fused", "fp32", True, "chunked"),
+    ("bf16 autocast, transformers' loss, AdamW loop", "plain", "bf16", False, "all"),
+    ("bf16: fused AdamW, chunked linear cross-entropy", "plain", "bf16", True, "chunked"),
+    ("+ fused RMSNorm and SwiGLU", "fused", "bf16", True, "chunked"),
+    ("+ attention in fp32 = TuneLab's default here", "fused+attention", "bf16", True, "chunked"),
 ]
 
 
@@ -73,16 +79,22 @@ def main() -> None:
     args = ap.parse_args()
     from core import models
 
+    from core import fused
+
     batches, tokenizer = lesson_batches(args.examples)
-    model, _ = models.load_model("embedded")
-    model.train()
+    variants = {}
+    for name in ("plain", "fused", "fused+attention"):
+        model, _ = models.load_model("embedded")
+        if name != "plain":
+            fused.fuse(model, "bf16" if name == "fused+attention" else "fp32")
+        variants[name] = model.train()
     for precision in ("fp32", "bf16"):  # warm-up: first calls page in libtorch and pick kernels
-        time_setup(model, batches, precision, True, "chunked", 1)
+        time_setup(variants["plain"], batches, precision, True, "chunked", 1)
     results = []
-    for label, precision, fused, loss in LEVERS:
-        t = statistics.median(time_setup(model, batches, precision, fused, loss, args.steps))
+    for label, name, precision, fused_adamw, loss in LEVERS:
+        t = statistics.median(time_setup(variants[name], batches, precision, fused_adamw, loss, args.steps))
         results.append((label, t))
-        print(f"{label:<48} {t:6.2f} s/step", flush=True)
+        print(f"{label:<52} {t:6.2f} s/step", flush=True)
     base = results[0][1]
     print("\n| set-up | s / step | vs the first row |\n|---|---|---|")
     for label, t in results:

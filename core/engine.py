@@ -338,7 +338,11 @@ class ModelCache:
 
 
 class LocalEngine(Engine):
-    """The engine in this process; training runs in a worker subprocess (``core.runs.launch``)."""
+    """The engine in this process; training runs in a worker subprocess (``core.runs.launch``).
+
+    ``settings``: ``model_cache`` (models kept loaded), ``standby`` (default True: keep a worker
+    started ahead, :mod:`core.standby`, so Start's first loss comes sooner).
+    """
 
     name = "local"
 
@@ -346,9 +350,10 @@ class LocalEngine(Engine):
         self.settings = dict(settings or {})
         self.models = ModelCache(self.settings.get("model_cache"))
         self.tokenizers = ModelCache(4)
-        from . import standby
+        if self.settings.get("standby", True):
+            from . import standby
 
-        standby.prestart()  # a worker imports torch ahead of Start (TUNELAB_STANDBY=0: none)
+            standby.prestart()  # a worker imports torch ahead of Start (TUNELAB_STANDBY=0: none)
 
     # -- helpers ------------------------------------------------------------------------------
     def _registry(self):

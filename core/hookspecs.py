@@ -90,10 +90,14 @@ def register_evaluators(register):
     - ``higher_is_better`` (bool): how the dashboard colours a change.
     - ``evaluate(samples, context, **params) -> dict[str, float]``.
       ``samples`` is a list of dicts ``{"prompt", "reference", "answer",
-      "messages"}``; ``context`` is a dict with ``model``, ``tokenizer``
-      and ``max_length`` for evaluators that need the model itself (such as
-      perplexity). Return aggregate metrics, keyed by metric name; a key
-      ``"per_sample"`` may hold a list of per-sample scores.
+      "messages"}``; ``context`` is a dict with ``model``, ``tokenizer``,
+      ``max_length``, ``encode`` and ``precision`` for evaluators that need
+      the model itself (such as perplexity). ``evaluate`` is called under
+      that precision's ``torch.autocast`` (bf16 on a CPU with native bf16):
+      cast logits with ``.float()`` before a softmax, or leave autocast with
+      ``torch.autocast(device, enabled=False)`` for full fp32. Return
+      aggregate metrics, keyed by metric name; a key ``"per_sample"`` may
+      hold a list of per-sample scores.
     """
 
 

@@ -31,22 +31,24 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
     return [f for f in NATIVE_BF16_FLAGS if f in flags]
 
 
-def auto_precision() -> tuple[str, str]:
+def auto_precision(device_type: str | None = None) -> tuple[str, str]:
     """What ``precision: auto`` means here, and why: ``(precision, reason)``.
 
     - a CUDA GPU: bf16 where it supports it (Ampere and later), else fp16 with a grad scaler;
-    - a CPU with native bf16 (AVX-512 BF16 or AMX): bf16 autocast, about 1.6x fp32 with the same
-      curve (docs/bench.md);
+    - a CPU with native bf16 (AVX-512 BF16 or AMX): bf16 autocast, about 2x fp32 for a training
+      step with the same curve (docs/bench.md);
     - any other CPU, or Apple's MPS: fp32.
+
+    ``device_type="cpu"`` asks for a model kept on the CPU even where there is a GPU.
     """
     import torch
 
-    if torch.cuda.is_available():
+    if device_type != "cpu" and torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         if torch.cuda.is_bf16_supported():
             return "bf16", f"auto: {name} supports bf16"
         return "fp16", f"auto: {name} has no bf16, so fp16 with a grad scaler"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if device_type != "cpu" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "fp32", "auto: Apple GPU (MPS) trains in fp32"
     flags = cpu_bf16_flags()
     if flags:
@@ -54,14 +56,14 @@ def auto_precision() -> tuple[str, str]:
     return "fp32", "auto: this CPU has no native bf16, so fp32"
 
 
-def resolve_precision(precision: str) -> str:
+def resolve_precision(precision: str, device_type: str | None = None) -> str:
     """``auto`` -> what this machine trains fastest in (see :func:`auto_precision`); others as given.
 
     Refuses ``fp16`` without a CUDA GPU: PyTorch's CPU kernels for fp16 training are missing or
     slow, and its grad scaler is meant for GPUs.
     """
     if precision == "auto":
-        return auto_precision()[0]
+        return auto_precision(device_type)[0]
     if precision not in PRECISIONS:
         raise UserError(f"precision must be auto, {', '.join(PRECISIONS)}; got {precision!r}")
     import torch

@@ -137,6 +137,11 @@ def activation_bytes(shape: dict, batch_size: int, max_length: int, mode: str, m
     (about 7 bytes per input feature in fp32, 4 in mixed precision) -- so LoRA with dropout can save
     *more* activations than full fine-tuning: its saving is in gradients and optimizer state.
 
+    These are transformers' own layers. Training runs :mod:`core.fused`'s RMSNorm and SwiGLU, which
+    keep less (for SmolLM2 in mixed precision about 30h + 6i with its fp32 attention, some 13% below
+    this figure), so for a fused model the estimate is an upper bound; the Memory page's measurement
+    shows the real peak.
+
     Gradient checkpointing keeps only each layer's input (h x 4 bytes per token, the fp32 residual
     stream) and recomputes one layer at a time in backward: L x 4h + one layer's activations.
     """

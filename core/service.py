@@ -88,7 +88,8 @@ class Service:
     def __init__(self, engine=None):
         from .engine import LocalEngine
 
-        self.engine = engine or LocalEngine()
+        # no standby worker: on the box, training runs as Ray jobs, not through runs.launch
+        self.engine = engine or LocalEngine({"standby": False})
 
     # -- paths ---------------------------------------------------------------------------------
     def resolve(self, value):

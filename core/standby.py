@@ -100,9 +100,11 @@ def _usable(standby) -> bool:
 def _ready(standby) -> bool:
     """Whether the standby has said it finished its imports (never blocks)."""
     if not standby["ready"]:
-        readable, _, _ = select.select([standby["sock"]], [], [], 0)
-        if readable:
-            standby["ready"] = standby["sock"].recv(16) == b"ready\n"
+        try:
+            if select.select([standby["sock"]], [], [], 0)[0]:
+                standby["ready"] = standby["sock"].recv(16) == b"ready\n"
+        except OSError:
+            return False
     return standby["ready"]
 
 

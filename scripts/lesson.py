@@ -16,7 +16,8 @@ This script is the one writer of ``results.json``. Its schema (every key is writ
 - ``config``: the run's ``RunConfig.to_dict()``; ``run_dir`` (str)
 - ``train``: ``{"steps": int, "precision": "fp32"|"bf16"|"fp16", "precision_reason": str,
   "format", "records", "train_examples", "val_examples", "truncated", "dropped", "train_tokens"}``
-- ``heldout``: ``{"path": str, "samples": int, "max_new_tokens": int}``
+- ``heldout``: ``{"path": str, "samples": int, "max_new_tokens": int, "precision": str}`` (the
+  evaluation's autocast, resolved as training's ``auto``)
 - ``perplexity``, ``rouge_l``, ``keyword_coverage``, ``house_style``: each
   ``{"base": float|null, "tuned": float|null, "change": float, "relative_change": float}``
   (the last two only when both sides exist; ``relative_change`` only when base is non-zero)
@@ -24,8 +25,10 @@ This script is the one writer of ``results.json``. Its schema (every key is writ
 - ``wall_s``: ``{"train": float, "evaluate": float, "total": float}`` seconds
 - ``tokens_per_s`` (float): median training speed over the steps after the first
 - ``examples``: ``[{"prompt": str, "base": str, "tuned": str}]``, the first five held-out answers
+- ``commit`` (str|null): the git commit of the code that produced it (null outside a git checkout)
 - ``previous`` (object|null): the figures of the results.json this run replaced
-  (``date``, ``precision``, ``perplexity_tuned``, ``train_s``, ``total_s``), for the before/after note
+  (``date``, ``precision``, ``perplexity_tuned``, ``train_s``, ``total_s``, ``commit``), for the
+  before/after note
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from core.errors import UserError  # noqa: E402
 
 SHOWCASE = "Explain photosynthesis."
 EVALUATORS = ["perplexity", "rouge_l", "keyword_coverage", "house_style"]
-EVAL_BATCH = 25
+EVAL_BATCH = 50
 
 
 def loss_curve_png(rows: list[dict], path: Path, title: str) -> None:
@@ -106,7 +109,8 @@ def write_markdown(results: dict, path: Path) -> None:
         f"in {results['wall_s']['train']:.0f} s, median {results['tokens_per_s']:.0f} tokens/s, precision "
         f"{results['train'].get('precision')} ({results['train'].get('precision_reason')})",
         f"- held-out: {results['heldout']['samples']} prompts from `{results['heldout']['path']}`, greedy decoding, "
-        f"up to {results['heldout']['max_new_tokens']} new tokens",
+        f"up to {results['heldout']['max_new_tokens']} new tokens, evaluated in "
+        f"{results['heldout'].get('precision') or 'fp32'} (generation and perplexity, both models alike)",
         "",
         "## Results",
         "",
@@ -159,8 +163,17 @@ def _changes(results: dict) -> list[str]:
             f"{prev['perplexity_tuned']:.2f}, {prev['train_s']:.0f} s training, {prev['total_s']:.0f} s in all. "
             f"This run ({results['train'].get('precision')}): {p['tuned']:.2f} ({drift:+.1%}; the goal is within "
             f"±3%), {results['wall_s']['train']:.0f} s training, {results['wall_s']['total']:.0f} s in all.",
+            "", _code_change(prev.get("commit"), results.get("commit")),
             "", "Seconds from different days are not comparable on shared machines (the same step has run 25% "
             "faster or slower from one hour to the next); `docs/bench.md` compares speed within one run.", ""]
+
+
+def _code_change(before: str | None, after: str | None) -> str:
+    """Where to read what changed in the engine between the two results."""
+    if before and after:
+        return (f"The code: commit {before} then, {after} now; `git log {before.split('+')[0]}..{after.split('+')[0]} "
+                "-- core plugins configs` lists what changed in the engine between them.")
+    return f"The code now: commit {after or 'unknown'} (the previous results did not record theirs)."
 
 
 def _quote(text: str) -> str:
@@ -173,7 +186,7 @@ def previous_figures(path: Path) -> dict | None:
         old = json.loads(path.read_text(encoding="utf-8"))
         return {"date": old["date"], "precision": old["train"].get("precision") or "fp32",
                 "perplexity_tuned": old["perplexity"]["tuned"], "train_s": old["wall_s"]["train"],
-                "total_s": old["wall_s"]["total"]}
+                "total_s": old["wall_s"]["total"], "commit": old.get("commit")}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -199,7 +212,8 @@ def collect_results(args, cfg, run_dir: Path, result: dict, report: dict, sample
                   "precision_reason": status.get("precision_reason"), **status.get("data", {})},
         "heldout": {"path": str(Path(args.heldout).relative_to(REPO)) if Path(args.heldout).is_absolute()
                     and REPO in Path(args.heldout).parents else args.heldout,
-                    "samples": len(samples), "max_new_tokens": args.max_new_tokens},
+                    "samples": len(samples), "max_new_tokens": args.max_new_tokens,
+                    "precision": report["base"]["settings"].get("precision")},
         "perplexity": metric(report, "perplexity", "perplexity"),
         "rouge_l": metric(report, "rouge_l", "rouge_l"),
         "keyword_coverage": metric(report, "keyword_coverage", "keyword_coverage"),
@@ -208,8 +222,23 @@ def collect_results(args, cfg, run_dir: Path, result: dict, report: dict, sample
         "wall_s": {k: round(v, 1) for k, v in seconds.items()},
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in train_rows[1:] or train_rows),
         "examples": examples,
+        "commit": git_commit(),
         "previous": previous_figures(out / "results.json"),
     }
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (suffixed ``+changes`` when files differ from it), or None."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "core", "plugins",
+                                "scripts", "configs"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def main() -> int:
@@ -258,8 +287,9 @@ def main() -> int:
         if i % 10 == 0 or i == n:
             print(f"[lesson] answered {i}/{n}", flush=True)
 
-    # 25 prompts a batch: decoding on a CPU is bound by reading the weights, so fewer, wider batches
-    # answer the same prompts sooner (170 s at 8 a batch, 142 s at 25 on the 2-core machine)
+    # 50 prompts a batch (all of the held-out set): decoding on a CPU is bound by reading the weights,
+    # so fewer, wider batches answer the same prompts sooner (the base model's 50 answers on the
+    # 2-core machine: 53 s at 25 a batch, 37 s at 50; the same tokens)
     report = evaluate.compare(base, tuned, samples, evaluators=EVALUATORS, max_new_tokens=args.max_new_tokens,
                               max_length=cfg.max_length, progress=progress, batch_size=EVAL_BATCH)
     evaluate.save_report(run_dir, report)

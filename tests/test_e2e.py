@@ -37,7 +37,8 @@ def free_port() -> int:
 def server(tmp_path):
     """The dashboard as a learner runs it, with its runs in a temporary folder."""
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TUNELAB_RUNS_DIR=str(tmp_path / "runs"), TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TUNELAB_RUNS_DIR=str(tmp_path / "runs"), TOKENIZERS_PARALLELISM="false",
+               TUNELAB_STANDBY="1")  # as a learner's dashboard: a worker waits, imports done, for Start
     log = (tmp_path / "streamlit.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.fileWatcherType", "none",

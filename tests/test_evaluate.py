@@ -235,3 +235,37 @@ def test_batched_generation_matches_one_prompt_at_a_time(tiny):
                              progress=lambda i, n: calls.append((i, n)))
     assert batched == single  # left padding and the attention mask change nothing
     assert calls == [(2, 3), (3, 3)]
+
+
+class AutocastProbe:
+    """An evaluator that reports the autocast it was called under."""
+
+    @hookimpl
+    def register_evaluators(self, register):
+        def evaluate(samples, context):
+            on = torch.is_autocast_enabled("cpu")
+            seen.append((on, torch.get_autocast_dtype("cpu") if on else None, context["precision"]))
+            return {"calls": 1.0}
+
+        register(SimpleNamespace(name="autocast_probe", description="", params=[], higher_is_better=True,
+                                 evaluate=evaluate))
+
+
+seen = []
+
+
+@pytest.mark.parametrize("precision,autocast", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_evaluators_run_under_the_evaluations_precision(tiny, precision, autocast):
+    from core.machine import resolve_precision
+
+    model, tokenizer = tiny
+    registry = Registry(load_external=False, extra_plugins=[(AutocastProbe(), "probe")])
+    seen.clear()
+    report = ev.evaluate_model(model, tokenizer, [sample(None, "Four.")], evaluators=["autocast_probe", "perplexity"],
+                               max_new_tokens=2, registry=registry, precision=precision)
+    assert seen == [(autocast is not None, autocast, precision)]
+    assert report["settings"]["precision"] == precision
+    assert math.isfinite(report["metrics"]["perplexity"]["perplexity"])
+    auto = ev.evaluate_model(model, tokenizer, [sample(None, "Four.")], evaluators=["autocast_probe"],
+                             max_new_tokens=2, registry=registry)
+    assert auto["settings"]["precision"] == resolve_precision("auto", "cpu")

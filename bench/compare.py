@@ -1,7 +1,7 @@
 """TuneLab against the libraries a learner already knows: one run, same data, same settings.
 
     bench/run.sh                       # what `make bench` runs: installs the peers, then this
-    python bench/compare.py [--examples 64] [--peers tunelab,trl,...] [--no-levers] [--out docs/bench.md]
+    python bench/compare.py [--examples 64] [--peers tunelab,trl,...] [--repeats 2] [--no-levers] [--out docs/bench.md]
 
 SmolLM2-135M (the embedded model), the first 64 lesson examples, batch 8, max_length 256, one
 epoch = 8 optimizer steps, lr 1e-4; the training loop alone is timed (model loading and
@@ -129,7 +129,8 @@ def main() -> None:
     ap.add_argument("--peers", help="comma list of " + ", ".join(["tunelab", "tunelab-fp32", "tunelab-bf16",
                                                                    "seed", "trl", "trl-fastest", "bare"]))
     ap.add_argument("--no-levers", action="store_true", help="skip the levers and the first-loss timing")
-    ap.add_argument("--repeats", type=int, default=1, help="rounds over the peers; each row is its fastest round")
+    # two rounds by default: on a shared machine one neighbour's burst can cost a row 40%
+    ap.add_argument("--repeats", type=int, default=2, help="rounds over the peers; each row is its fastest round")
     ap.add_argument("--out", default=str(REPO / "docs" / "bench.md"))
     args = ap.parse_args()
     if args.peer:
@@ -171,7 +172,7 @@ def main() -> None:
 
 
 def write_report(path: Path, args, results, peak, lines, levers, first, seconds) -> None:
-    default = args.examples == 64 and not args.peers and not args.no_levers and args.repeats == 1
+    default = args.examples == 64 and not args.peers and not args.no_levers and args.repeats == 2
     command = "make bench" if default else \
         "python bench/compare.py " + " ".join(a for a in sys.argv[1:])
     text = [

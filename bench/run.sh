@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: install the peer libraries the comparison needs (not part of `make setup`:
-# a learner never needs them), then run the side-by-side benchmark. Takes about 15 minutes on
+# a learner never needs them), then run the side-by-side benchmark (two rounds). Takes about 25 minutes on
 # a 2-core CPU; run it on a quiet machine (other heavy programs change every figure).
 set -euo pipefail
 cd "$(dirname "$0")/.."

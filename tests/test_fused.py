@@ -92,3 +92,23 @@ def test_fusing_does_not_touch_the_training_random_numbers(tiny_model):
     torch.manual_seed(0)
     _fresh(tiny_model)
     assert torch.equal(after, torch.rand(1))
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_fp32_attention_is_transformers_sdpa_with_and_without_a_padding_mask(masked):
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
+    q, k, v = torch.randn(2, 6, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    mask = None
+    if masked:  # the second row is padded after 3 tokens
+        mask = torch.ones(5, 5, dtype=torch.bool).tril()[None, None].repeat(2, 1, 1, 1)
+        mask[1, :, :, 3:] = False
+    want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=8 ** -0.5)
+    got, _ = fused.fp32_attention(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, scaling=8 ** -0.5)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    ours, _ = fused.fp32_attention(module, q, k, v, mask, scaling=8 ** -0.5)
+    assert torch.allclose(ours, want, atol=1e-6)

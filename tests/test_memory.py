@@ -148,6 +148,17 @@ def test_precision_auto_follows_the_machine_and_fp16_needs_a_gpu(monkeypatch):
     assert memory.resolve_precision is machine.resolve_precision  # one meaning for the name
 
 
+def test_precision_auto_for_a_model_kept_on_the_cpu_of_a_gpu_machine(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla T4")
+    monkeypatch.setattr(machine, "cpu_bf16_flags", lambda: [])
+    assert machine.resolve_precision("auto") == "fp16"  # the GPU's
+    assert machine.resolve_precision("auto", "cpu") == "fp32"  # the CPU's: no native bf16 there
+
+
 def test_oom_advice_order_and_savings():
     e = est(batch_size=16, max_length=1024)
     assert memory.oom_advice(e, e["total"] * 10) == []  # fits: nothing to change

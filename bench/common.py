@@ -27,3 +27,31 @@ def lesson_batches(n: int = 64):
     examples = lesson_examples(n, tokenizer)
     order = data.length_grouped_batches([len(e["input_ids"]) for e in examples], BATCH_SIZE, SEED)
     return [data.collate([examples[j] for j in idx], tokenizer.pad_token_id) for idx in order], tokenizer
+
+
+def matmul_tflops(device: str = "cpu", dtype=None, size: int = 2048, repeats: int = 20) -> float:
+    """The best TFLOP/s of a ``size`` x ``size`` matmul on ``device``: the ceiling MFU is measured against."""
+    import time
+
+    import torch
+
+    a = torch.randn(size, size, device=device, dtype=dtype or torch.float32)
+    b = torch.randn(size, size, device=device, dtype=dtype or torch.float32)
+    cuda = torch.device(device).type == "cuda"
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up: kernel selection, page-in
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * size ** 3 / best / 1e12
+
+
+def flops_per_token(config, length: float) -> float:
+    """Training FLOPs per token: 6 N (forward and backward through N weights) + attention, as nanoGPT counts."""
+    from core.memory import _linear_shapes
+
+    return 6 * _linear_shapes(config)[0] + 12 * config.num_hidden_layers * config.hidden_size * length

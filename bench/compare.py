@@ -54,15 +54,13 @@ def child(name: str, examples: int) -> None:
 
 
 def flops_per_token(mean_length: float) -> float:
-    """Training FLOPs per token: 6 N (forward and backward through N weights) + attention, as nanoGPT counts."""
+    """Training FLOPs per token of the embedded model (bench.common.flops_per_token)."""
     from transformers import AutoConfig
 
+    from bench import common
     from core import models
-    from core.memory import _linear_shapes
 
-    config = AutoConfig.from_pretrained(models.ensure_embedded())
-    n = _linear_shapes(config)[0]
-    return 6 * n + 12 * config.num_hidden_layers * config.hidden_size * mean_length
+    return common.flops_per_token(AutoConfig.from_pretrained(models.ensure_embedded()), mean_length)
 
 
 def table(results: dict, peak: dict, fpt: float) -> list[str]:

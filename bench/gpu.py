@@ -27,20 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def matmul_peak(device, dtype, size: int, repeats: int = 20) -> float:
-    """Best TFLOP/s of a square matmul: the ceiling MFU is measured against."""
-    import torch
-
-    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        _sync(device)
-        t = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * size ** 3 / best / 1e12
+from bench.common import flops_per_token, matmul_tflops  # noqa: E402
 
 
 def _sync(device) -> None:
@@ -48,12 +35,6 @@ def _sync(device) -> None:
 
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
-
-
-def flops_per_token(config, length: int) -> float:
-    from core.memory import _linear_shapes
-
-    return 6 * _linear_shapes(config)[0] + 12 * config.num_hidden_layers * config.hidden_size * length
 
 
 def run(model_name: str, precision: str, device: str, batch: int, length: int, steps: int) -> dict:
@@ -118,7 +99,7 @@ def main() -> None:
     if name == "tiny":
         name = models.make_tiny_model(Path(tempfile.mkdtemp()) / "tiny")
     dtype = torch.bfloat16 if torch.device(args.device).type == "cuda" else torch.float32
-    peak = matmul_peak(args.device, dtype, 8192 if torch.device(args.device).type == "cuda" else 512)
+    peak = matmul_tflops(args.device, dtype, 8192 if torch.device(args.device).type == "cuda" else 512)
     gpu = torch.cuda.get_device_name(0) if torch.device(args.device).type == "cuda" else "cpu"
     result = {"device": gpu, "batch": args.batch, "length": args.length, "steps": args.steps,
               "matmul_peak_tflops": round(peak, 1), "rows": []}

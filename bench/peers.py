@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import BATCH_SIZE, DATA, MAX_LENGTH, SEED, lesson_batches, lesson_examples
+from bench.common import BATCH_SIZE, DATA, MAX_LENGTH, SEED, lesson_batches, lesson_examples, matmul_tflops
 
 LR = 1e-4
 
@@ -141,21 +141,11 @@ def trl(n: int, fastest: bool = False) -> dict:
             "precision": "bf16" if args.bf16 else "fp32", "gradient_checkpointing": bool(args.gradient_checkpointing)}
 
 
-def matmul_peak(size: int = 2048, repeats: int = 20) -> dict:
-    """The best TFLOP/s of a square matmul, fp32 and bf16: the ceiling MFU is measured against."""
+def matmul_peak() -> dict:
+    """The best TFLOP/s of a square matmul on the CPU, fp32 and bf16: the ceiling MFU is measured against."""
     import torch
 
-    out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-        a @ b  # warm-up: kernel selection, page-in
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t)
-        out[name] = 2 * size ** 3 / best / 1e12
-    return out
+    return {"fp32": matmul_tflops("cpu", torch.float32), "bf16": matmul_tflops("cpu", torch.bfloat16)}
 
 
 PEERS = {

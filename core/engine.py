@@ -332,6 +332,11 @@ class ModelCache:
                 self._items.popitem(last=False)
         return value
 
+    def peek(self, path: str):
+        """What is loaded for ``path`` (None if nothing is), without loading it or reordering."""
+        with self._lock:
+            return next((value for key, value in self._items.items() if key[0] == path), None)
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
@@ -392,9 +397,9 @@ class LocalEngine(Engine):
         from . import models
 
         path = self._model_path(model)
-        for key, (_, tok) in list(self.models._items.items()):
-            if key[0] == path:
-                return tok  # the loaded model's own tokenizer
+        loaded = self.models.peek(path)
+        if loaded is not None:
+            return loaded[1]  # the loaded model's own tokenizer
         return self.tokenizers.get(path, models.load_tokenizer)
 
     # -- where the work runs ----------------------------------------------------------------

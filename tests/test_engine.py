@@ -106,6 +106,8 @@ def test_the_model_cache_is_bounded_and_reloads_a_rewritten_folder(tmp_path):
     (tmp_path / "c" / "model.safetensors").write_text("new weights")
     cache.get(folders[2], lambda p: loads.append(p) or p)
     assert loads[-1] == folders[2]  # rewritten on disk: loaded anew
+    assert cache.peek(folders[2]) == folders[2] and cache.peek(folders[1]) is None  # 'b' was dropped
+    assert loads.count(folders[2]) == 2  # peek loads nothing
 
 
 def test_without_the_engine_a_verb_says_what_to_install(monkeypatch):

@@ -32,7 +32,10 @@ def once(cfg, root: Path, warm: bool) -> dict:
     if warm:
         os.environ["TUNELAB_STANDBY"] = "1"
         standby.prestart()
-        while not standby._ready(standby._current):
+        deadline = time.perf_counter() + 120
+        while standby._current is None or not standby._ready(standby._current):
+            if time.perf_counter() > deadline:
+                raise SystemExit("the standby worker did not get ready in 120 s (see `python -m core standby`)")
             time.sleep(0.1)
     else:
         os.environ["TUNELAB_STANDBY"] = "0"

@@ -554,8 +554,10 @@ class LocalEngine(Engine):
         runs.request_stop(run_dir)
 
     def list_runs(self) -> list[dict]:
-        from . import runs
+        from . import runs, standby
 
+        if self.settings.get("standby", True):
+            standby.prestart_if_idle()  # one that timed out or died is replaced while nothing trains
         return runs.list_runs()
 
     def find_run(self, run_id):

@@ -14,10 +14,16 @@ backward. Three changes, each made only where it is proven to compute what the m
   backward is about three times slower in bf16 than in fp32 on the same shapes
   (``python bench/levers.py`` shows the step with and without).
 
-A module is changed only if a probe on a random input gives the same output as its own
-forward (so a norm that adds 1 to its weight, as Gemma's does, is left alone). The model's
-weights and ``save_pretrained`` are untouched: only how the forward and backward run.
-This is the approach of Liger Kernel's fused RMSNorm and SwiGLU, in plain PyTorch.
+A module is changed only if its class is one whose maths is known (:data:`KNOWN_NORMS`,
+:data:`KNOWN_MLPS`: Llama, Mistral, Qwen2/3, SmolLM3, Phi-3), its forward takes the one input
+and nothing else, and a probe on a random input gives the same output as its own forward; a
+probe that fails leaves the module as it is. Other architectures train unchanged. The weights
+and ``save_pretrained`` are untouched: only how the forward and backward run. This is the
+approach of Liger Kernel's fused RMSNorm and SwiGLU, in plain PyTorch.
+
+One difference in rounding: under autocast, the gradients the projections send back to their
+shared 16-bit input are summed in 16 bits (each projection's own cast summed them in fp32); the
+tests hold the fused model's loss and gradients to the plain model's within bf16's precision.
 """
 
 from __future__ import annotations
@@ -26,15 +32,32 @@ import functools
 import types
 
 FP32_ATTENTION = "tunelab_fp32_sdpa"
-LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")  # each feeds projections only
+LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")  # in these classes each feeds projections only
+KNOWN_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "SmolLM3RMSNorm", "Phi3RMSNorm"}
+KNOWN_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "SmolLM3MLP"}
 
 
-def fuse(model, precision: str) -> list[str]:
+def fuse(model, precision: str, device_type: str | None = None) -> list[str]:
     """Fuse ``model``'s norms and SwiGLU MLPs in place; returns what changed, e.g. ``["rmsnorm x61", ...]``.
 
-    ``precision`` is the resolved one (fp32, bf16 or fp16): fp32 attention is chosen for bf16 on a CPU.
+    ``precision`` is the resolved one (fp32, bf16 or fp16) and ``device_type`` where the model will
+    train (default: where its weights are now): fp32 attention is chosen for bf16 on a CPU only.
     """
+    import torch
+
     done = {"rmsnorm": 0, "swiglu": 0}
+    with torch.random.fork_rng(devices=[]):  # a probe through LoRA dropout must not move the training RNG
+        changed = _fuse_modules(model, done)
+    device_type = device_type or next(model.parameters()).device.type
+    if precision == "bf16" and device_type == "cpu" and _uses_sdpa(model):
+        _register_fp32_attention()
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.set_attn_implementation(FP32_ATTENTION)
+        changed.append("attention in fp32")
+    return changed
+
+
+def _fuse_modules(model, done: dict) -> list[str]:
     for name, module in model.named_modules():
         if _is_rmsnorm(module):
             module.forward = types.MethodType(
@@ -43,13 +66,18 @@ def fuse(model, precision: str) -> list[str]:
         elif _is_swiglu(module):
             module.forward = types.MethodType(_swiglu_mlp_forward, module)
             done["swiglu"] += 1
-    changed = [f"{k} x{v}" for k, v in done.items() if v]
-    if precision == "bf16" and next(model.parameters()).device.type == "cpu" and _uses_sdpa(model):
-        _register_fp32_attention()
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base.set_attn_implementation(FP32_ATTENTION)
-        changed.append("attention in fp32")
-    return changed
+    return [f"{k} x{v}" for k, v in done.items() if v]
+
+
+def _one_input(module) -> bool:
+    """Whether the module's forward takes exactly one argument (a gated norm's ``gate`` is a second)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(type(module).forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 1 and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
 
 
 # -- RMSNorm -------------------------------------------------------------------------------------
@@ -96,15 +124,18 @@ def _is_rmsnorm(module) -> bool:
     import torch
 
     weight, eps = getattr(module, "weight", None), getattr(module, "variance_epsilon", None)
+    if type(module).__name__ not in KNOWN_NORMS or not _one_input(module):
+        return False
     if not isinstance(weight, torch.nn.Parameter) or weight.dim() != 1 or not isinstance(eps, float):
         return False
-    if "rmsnorm" not in type(module).__name__.lower():
+    try:
+        probe = _probe(weight, weight.shape[0])
+        with torch.no_grad():
+            want = module(probe)
+            got = _rmsnorm_class().apply(probe, weight, eps, None)
+        return want.shape == got.shape and want.dtype == got.dtype and torch.allclose(want, got, rtol=1e-4, atol=1e-5)
+    except Exception:  # noqa: BLE001 - a module the probe cannot run is left as it is
         return False
-    probe = _probe(weight, weight.shape[0])
-    with torch.no_grad():
-        want = module(probe)
-        got = _rmsnorm_class().apply(probe, weight, eps, None)
-    return want.shape == got.shape and want.dtype == got.dtype and torch.allclose(want, got, rtol=1e-4, atol=1e-5)
 
 
 # -- SwiGLU --------------------------------------------------------------------------------------
@@ -140,15 +171,20 @@ def _is_swiglu(module) -> bool:
     """A gated MLP ``down(silu(gate(x)) * up(x))`` (checked on a probe)."""
     import torch
 
+    if type(module).__name__ not in KNOWN_MLPS or not _one_input(module):
+        return False
     if not all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
         return False
-    weight = next(module.parameters())
-    probe = _probe(weight, module.gate_proj.in_features)
-    with torch.no_grad():
-        if not torch.allclose(module.act_fn(probe), torch.nn.functional.silu(probe)):
-            return False  # another activation (GELU, ...)
-        want, got = module(probe), _swiglu_mlp_forward(module, probe)
-    return torch.allclose(want, got, rtol=1e-4, atol=1e-5)
+    try:
+        weight = next(module.parameters())
+        probe = _probe(weight, module.gate_proj.in_features)
+        with torch.no_grad():
+            if not torch.allclose(module.act_fn(probe), torch.nn.functional.silu(probe)):
+                return False  # another activation (GELU, ...)
+            want, got = module(probe), _swiglu_mlp_forward(module, probe)
+        return torch.allclose(want, got, rtol=1e-4, atol=1e-5)
+    except Exception:  # noqa: BLE001 - a module the probe cannot run is left as it is
+        return False
 
 
 def _at_least_fp32(t):

@@ -128,7 +128,7 @@ def measure_step(cfg: RunConfig, steps: int = 2, model=None, device: str | None 
     precision_name = resolve_precision(cfg.precision)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = (model, None) if model is not None else None
-    model, _ = train.build_model(cfg, model=loaded)
+    model, _ = train.build_model(cfg, model=loaded, precision=precision_name, device_type=torch.device(device).type)
     model.to(device)
     optimizer = train.build_optimizer(model, cfg)
     scheduler = train.build_scheduler(optimizer, cfg, max(1, steps))

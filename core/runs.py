@@ -462,8 +462,10 @@ def launch(run_dir, resume: bool = False) -> int:
         with (run_dir / "log.txt").open("a", encoding="utf-8") as log:  # the child keeps its own copy
             pid = standby.hand_over(cmd[3:], fd, log.fileno())  # a worker started ahead, if one waits
             if pid is None:
-                pid = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,),
-                                       stdin=subprocess.DEVNULL, start_new_session=True, env=env).pid
+                proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,),
+                                        stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+                standby.watch(proc)  # reaped when it exits; then a standby (if on) for the next Start
+                pid = proc.pid
         _write_lock_pid(fd, pid)
     finally:
         os.close(fd)  # the child's copy keeps the lock held

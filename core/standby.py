@@ -10,9 +10,11 @@ exactly as a fresh worker would. The next standby starts when that worker exits.
 
 A standby that is not ready yet is not waited for (a fresh worker starts instead). It exits on
 its own when the process that started it exits, or after ``TUNELAB_STANDBY_IDLE_S`` seconds
-(default 1800) unused. It holds the environment its starter had: if that has changed since,
-the standby is replaced rather than used. ``TUNELAB_STANDBY=0`` turns standbys off (the test
-suite does, but for its own tests of them).
+(default 1800) unused; the engine starts another when no worker of its own is running
+(:func:`prestart_if_idle`). The run gets its starter's environment as it is at Start; if one of
+the variables read when torch and transformers are imported (:data:`IMPORT_TIME`) has changed
+since the standby started, the standby is replaced rather than used. ``TUNELAB_STANDBY=0`` turns
+standbys off (the test suite does, but for its own tests of them).
 """
 
 from __future__ import annotations
@@ -29,8 +31,17 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDOVER_TIMEOUT_S = 10.0
-_lock = threading.Lock()
+# Read once, when torch, transformers or their libraries are imported: a standby started under other
+# values cannot take them on later (anything else is handed over with the run).
+IMPORT_TIME = ("OMP_", "MKL_", "KMP_", "GOMP_", "CUDA_", "NCCL_", "PYTORCH_", "HF_", "TRANSFORMERS_", "TOKENIZERS_",
+               "LD_", "PYTHON", "MALLOC_", "GLIBC_")
+_lock = threading.RLock()  # hand_over calls watch() while holding it
 _current = None  # this process's waiting standby: {"proc", "sock", "env", "ready"}
+_running = 0  # workers this process launched that are still alive
+
+
+def _import_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k.startswith(IMPORT_TIME)}
 
 
 def enabled() -> bool:
@@ -56,7 +67,7 @@ def prestart() -> None:
             return  # no standby: Start launches a fresh worker, as without one
         finally:
             theirs.close()
-        _current = {"proc": proc, "sock": ours, "env": dict(os.environ), "ready": False}
+        _current = {"proc": proc, "sock": ours, "env": _import_env(), "ready": False}
 
 
 def hand_over(argv: list[str], lock_fd: int, log_fd: int) -> int | None:
@@ -73,38 +84,64 @@ def hand_over(argv: list[str], lock_fd: int, log_fd: int) -> int | None:
             return None
         sock = standby["sock"]
         try:
-            socket.send_fds(sock, [json.dumps({"argv": argv}).encode()], [lock_fd, log_fd])
+            socket.send_fds(sock, [json.dumps({"argv": argv, "env": dict(os.environ)}).encode()], [lock_fd, log_fd])
             sock.settimeout(HANDOVER_TIMEOUT_S)
             answer = sock.recv(64).decode()
         except OSError:
             answer = ""
         if not answer.startswith("ok "):
-            _discard(standby)
+            # Killed and waited for before a fresh worker starts: a late standby must never run too.
+            standby["proc"].kill()
+            standby["proc"].wait()
+            sock.close()
             return None
         sock.close()
-        # The next standby starts when this worker exits: importing torch beside a training worker
-        # would take CPU from its first steps (on 2 cores, 2-3 s later to the first loss).
-        threading.Thread(target=_then_prestart, args=(standby["proc"],), daemon=True).start()
+        watch(standby["proc"])
         return int(answer.split()[1])
 
 
-def _then_prestart(proc) -> None:
-    proc.wait()
-    prestart()
+def watch(proc) -> None:
+    """Count ``proc`` (a worker this process launched) as running until it exits, then start the next
+    standby: importing torch beside a training worker would take CPU from its first steps (on 2
+    cores, 2-3 s later to the first loss)."""
+    global _running
+    with _lock:
+        _running += 1
+
+    def wait_then_prestart():
+        global _running
+        proc.wait()
+        with _lock:
+            _running -= 1
+        prestart_if_idle()
+
+    threading.Thread(target=wait_then_prestart, daemon=True).start()
+
+
+def prestart_if_idle() -> None:
+    """:func:`prestart`, unless a worker this process launched is still running (the engine calls
+    this as it lists runs, so a standby that timed out or died is replaced)."""
+    if not _running:
+        prestart()
 
 
 def _usable(standby) -> bool:
-    return bool(standby) and standby["proc"].poll() is None and standby["env"] == dict(os.environ)
+    return bool(standby) and standby["proc"].poll() is None and standby["env"] == _import_env()
 
 
 def _ready(standby) -> bool:
     """Whether the standby has said it finished its imports (never blocks)."""
     if not standby["ready"]:
+        sock = standby["sock"]
         try:
-            if select.select([standby["sock"]], [], [], 0)[0]:
-                standby["ready"] = standby["sock"].recv(16) == b"ready\n"
+            sock.setblocking(False)  # not select(): a long-lived server's descriptors pass 1024
+            standby["ready"] = sock.recv(16) == b"ready\n"
+        except (BlockingIOError, InterruptedError):
+            return False
         except OSError:
             return False
+        finally:
+            sock.setblocking(True)
     return standby["ready"]
 
 
@@ -169,14 +206,20 @@ def serve(fd: int) -> int:
     if not message or len(fds) != 2:
         return 0  # the starter closed the socket: not needed
     lock_fd, log_fd = fds
+    job = json.loads(message)
     os.dup2(log_fd, 1)  # the run's log.txt, as a fresh worker's stdout and stderr would be
     os.dup2(log_fd, 2)
     os.close(log_fd)
     from .runs import LOCK_FD_ENV
 
+    os.environ.clear()
+    os.environ.update(job["env"], PYTHONUNBUFFERED="1")  # the starter's, as at Start
     os.environ[LOCK_FD_ENV] = str(lock_fd)  # claim_worker adopts the lock, as from launch()
-    sock.sendall(f"ok {os.getpid()}\n".encode())
-    sock.close()
+    try:
+        sock.sendall(f"ok {os.getpid()}\n".encode())
+        sock.close()
+    except OSError:
+        return 0  # the starter gave up waiting and starts a fresh worker (it kills this one)
     from .__main__ import main
 
-    return main(json.loads(message)["argv"])
+    return main(job["argv"])

@@ -97,12 +97,14 @@ def default_lora_targets(model_type: str) -> list[str]:
     return ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-def build_model(cfg: RunConfig, model=None, precision: str | None = None):
+def build_model(cfg: RunConfig, model=None, precision: str | None = None, device_type: str | None = None):
     """``(model, tokenizer)``: the pretrained model with LoRA adapters and checkpointing as configured.
 
     ``model`` (optional, with its tokenizer as ``(model, tokenizer)``) skips loading ``cfg.model``.
     The norms, MLPs and (bf16 on a CPU) attention run their leaner equivalents (:mod:`core.fused`);
-    ``precision`` is the resolved precision (default: ``cfg.precision`` resolved here).
+    ``precision`` is the resolved precision (default: ``cfg.precision`` resolved here) and
+    ``device_type`` where the model will train (default: where it was loaded). What was fused is
+    in ``model.tunelab_fused`` (the run's ``status.json`` records it).
     """
     from . import fused
 
@@ -119,7 +121,7 @@ def build_model(cfg: RunConfig, model=None, precision: str | None = None):
         model = get_peft_model(model, lora)
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()  # frozen embeddings would cut the graph otherwise
-    fused.fuse(model, precision or resolve_precision(cfg.precision))
+    model.tunelab_fused = fused.fuse(model, precision or resolve_precision(cfg.precision), device_type)
     return model, tokenizer
 
 
@@ -519,7 +521,8 @@ def _set_up(s: _Session, resume: bool) -> None:
     runs.write_status(s.run_dir, total_steps=s.total_steps, data=s.data.summary(), precision=precision,
                       precision_reason=reason)
 
-    model, s.tokenizer = build_model(cfg, precision=precision)
+    model, s.tokenizer = build_model(cfg, precision=precision, device_type=s.accelerator.device.type)
+    runs.write_status(s.run_dir, fused=model.tunelab_fused)
     s.model = s.accelerator.prepare(model)
     s.optimizer = build_optimizer(s.model, cfg)  # after prepare: fused AdamW wants the final device
     s.scheduler = build_scheduler(s.optimizer, cfg, s.total_steps)

@@ -112,3 +112,31 @@ def test_fp32_attention_is_transformers_sdpa_with_and_without_a_padding_mask(mas
     assert got.dtype == torch.bfloat16 and got.shape == want.shape
     ours, _ = fused.fp32_attention(module, q, k, v, mask, scaling=8 ** -0.5)
     assert torch.allclose(ours, want, atol=1e-6)
+
+
+def test_unknown_gated_or_failing_modules_are_left_alone_and_do_not_crash(tiny_model):
+    from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+    class GatedRMSNorm(LlamaRMSNorm):  # Mamba-style: a second input, so not the maths fuse knows
+        def forward(self, hidden_states, gate=None):
+            return super().forward(hidden_states)
+
+    GatedRMSNorm.__name__ = "LlamaRMSNorm"  # even under a known name
+
+    class BrokenMLP(LlamaMLP):
+        def forward(self, x):
+            raise RuntimeError("this module cannot run a probe")
+
+    BrokenMLP.__name__ = "LlamaMLP"
+    model = _fresh(tiny_model)
+    layer = model.model.layers[0]
+    layer.input_layernorm = GatedRMSNorm(64)
+    layer.mlp = BrokenMLP(model.config)
+    changed = fused.fuse(model, "fp32")
+    assert "rmsnorm x4" in changed and "swiglu x1" in changed
+    assert "forward" not in vars(layer.input_layernorm) and "forward" not in vars(layer.mlp)
+
+
+def test_attention_follows_the_device_the_model_will_train_on(tiny_model):
+    assert "attention in fp32" not in fused.fuse(_fresh(tiny_model), "bf16", device_type="cuda")
+    assert "attention in fp32" in fused.fuse(_fresh(tiny_model), "bf16", device_type="cpu")

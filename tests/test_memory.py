@@ -194,8 +194,8 @@ def test_measure_step_builds_and_steps_as_training_does(tiny_model, monkeypatch)
     built, stepped = [], []
     real_build, real_step = train.build_model, train.train_step
 
-    def build(cfg, model=None):
-        out = real_build(cfg, model)
+    def build(cfg, model=None, **kwargs):
+        out = real_build(cfg, model, **kwargs)
         built.append(out[0])
         return out
 

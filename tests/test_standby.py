@@ -51,7 +51,7 @@ def test_no_standby_waits_when_turned_off_or_the_environment_changed(standby_on,
     standby.prestart()
     wait_for(_waiting, 120, "the standby to finish its imports")
     ahead = standby._current["proc"]
-    monkeypatch.setenv("TUNELAB_SOMETHING_NEW", "1")  # the standby's environment is no longer ours
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read when torch is imported: the standby cannot take it on
     run_dir = runs.start(config(tiny_model, chat_file, max_steps=2), "fresh", root=tmp_path)
     wait_for(lambda: runs.read_status(run_dir)["state"] == "finished", 120, "the run")
     assert ahead.wait(timeout=10) == 0  # replaced, not used: it exited

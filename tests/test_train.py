@@ -332,6 +332,7 @@ def test_checkpoints_load_with_weights_only_and_status_names_the_precision(tiny_
         torch.load(folder / name, weights_only=True)  # tensors and plain data only: no code runs
     status = runs.read_status(tmp_path / "run")
     assert status["precision"] in ("fp32", "bf16") and status["precision_reason"].startswith("auto:")
+    assert "rmsnorm x5" in status["fused"] and "swiglu x2" in status["fused"]  # core.fused, recorded
 
 
 def test_a_checkpoint_holding_code_is_refused(tiny_model, chat_file, tmp_path):

@@ -464,7 +464,8 @@ def launch(run_dir, resume: bool = False) -> int:
             if pid is None:
                 proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,),
                                         stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-                standby.watch(proc)  # reaped when it exits; then a standby (if on) for the next Start
+                if standby.enabled():
+                    standby.watch(proc)  # reaped when it exits, then a standby for the next Start
                 pid = proc.pid
         _write_lock_pid(fd, pid)
     finally:

@@ -261,7 +261,8 @@ def test_a_launched_worker_that_dies_before_training_reads_as_failed_at_once(tmp
     (run_dir / "config.yaml").write_text("lr: [1\n")  # the worker refuses it and exits
     pid = runs.launch(run_dir)
     assert runs.worker_alive(run_dir) or runs.read_status(run_dir)["state"] == "failed"
-    os.waitpid(pid, 0)
+    # whoever reaps it; the lock goes with the last of its threads
+    wait_for(lambda: not runs.pid_alive(pid) and not runs.worker_alive(run_dir), 60, "the worker to exit")
     status = runs.read_status(run_dir)  # not "queued" for two minutes: the lock says it is gone
     assert status["state"] == "failed" and "ended before training started" in status["error"]
     assert "invalid YAML" in (run_dir / "log.txt").read_text()

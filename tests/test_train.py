@@ -14,6 +14,7 @@ from core import runs, train
 from core.config import RunConfig
 from core.errors import UserError
 from core.registry import Registry
+from test_runs import wait_for
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 
@@ -123,7 +124,8 @@ def test_a_killed_worker_is_reported_failed_and_resumes(tiny_model, chat_file, t
         time.sleep(0.2)
     assert runs.latest_checkpoint(run_dir), (run_dir / "log.txt").read_text()
     os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    # whoever reaps it; the lock goes with the last of its threads
+    wait_for(lambda: not runs.pid_alive(pid) and not runs.worker_alive(run_dir), 60, "the worker to exit")
     status = runs.read_status(run_dir)
     assert status["state"] == "failed" and "interrupted" in status["error"]
     kept = len(losses(run_dir))

@@ -38,6 +38,8 @@ IMPORT_TIME = ("OMP_", "MKL_", "KMP_", "GOMP_", "CUDA_", "NCCL_", "PYTORCH_", "H
 _lock = threading.RLock()  # hand_over calls watch() while holding it
 _current = None  # this process's waiting standby: {"proc", "sock", "env", "ready"}
 _running = 0  # workers this process launched that are still alive
+_last_start = 0.0  # when prestart last started a standby
+RETRY_S = 60.0
 
 
 def _import_env() -> dict:
@@ -51,7 +53,7 @@ def enabled() -> bool:
 
 def prestart() -> None:
     """Start a standby worker for this process, unless one is waiting or standbys are off."""
-    global _current
+    global _current, _last_start
     with _lock:
         if not enabled() or _usable(_current):
             return
@@ -67,6 +69,7 @@ def prestart() -> None:
             return  # no standby: Start launches a fresh worker, as without one
         finally:
             theirs.close()
+        _last_start = time.time()
         _current = {"proc": proc, "sock": ours, "env": _import_env(), "ready": False}
 
 
@@ -113,15 +116,17 @@ def watch(proc) -> None:
         proc.wait()
         with _lock:
             _running -= 1
-        prestart_if_idle()
+        if not _running:
+            prestart()
 
     threading.Thread(target=wait_then_prestart, daemon=True).start()
 
 
 def prestart_if_idle() -> None:
     """:func:`prestart`, unless a worker this process launched is still running (the engine calls
-    this as it lists runs, so a standby that timed out or died is replaced)."""
-    if not _running:
+    this as it lists runs, so a standby that timed out or died is replaced) or one was started in
+    the last minute (a standby that cannot start must not be retried at every page refresh)."""
+    if not _running and time.time() - _last_start >= RETRY_S:
         prestart()
 
 

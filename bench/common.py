@@ -37,17 +37,22 @@ def matmul_tflops(device: str = "cpu", dtype=None, size: int = 2048, repeats: in
 
     a = torch.randn(size, size, device=device, dtype=dtype or torch.float32)
     b = torch.randn(size, size, device=device, dtype=dtype or torch.float32)
-    cuda = torch.device(device).type == "cuda"
     best = float("inf")
     for _ in range(repeats + 1):  # the first is a warm-up: kernel selection, page-in
-        if cuda:
-            torch.cuda.synchronize()
+        sync(device)
         t = time.perf_counter()
         a @ b
-        if cuda:
-            torch.cuda.synchronize()
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * size ** 3 / best / 1e12
+
+
+def sync(device) -> None:
+    """Wait for the GPU's queued work (a CPU runs synchronously): before reading a clock."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def flops_per_token(config, length: float) -> float:

@@ -33,7 +33,7 @@ def once(cfg, root: Path, warm: bool) -> dict:
         os.environ["TUNELAB_STANDBY"] = "1"
         standby.prestart()
         deadline = time.perf_counter() + 120
-        while standby._current is None or not standby._ready(standby._current):
+        while not standby.ready():
             if time.perf_counter() > deadline:
                 raise SystemExit("the standby worker did not get ready in 120 s (see `python -m core standby`)")
             time.sleep(0.1)

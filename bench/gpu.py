@@ -27,14 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.common import flops_per_token, matmul_tflops  # noqa: E402
-
-
-def _sync(device) -> None:
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+from bench.common import flops_per_token, matmul_tflops, sync  # noqa: E402
 
 
 def run(model_name: str, precision: str, device: str, batch: int, length: int, steps: int) -> dict:
@@ -58,10 +51,10 @@ def run(model_name: str, precision: str, device: str, batch: int, length: int, s
     for _ in range(steps + 2):  # two warm-up steps: kernel selection, the optimizer's state
         ids = torch.randint(0, vocab, (batch, length))
         batch_ = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         out = train.train_step(model, [batch_], optimizer, scheduler, prec, 1.0)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t)
         losses.append(round(out["loss"], 4))
         scales.append(float(prec.scaler.get_scale()) if precision == "fp16" else 1.0)

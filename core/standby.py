@@ -130,6 +130,12 @@ def prestart_if_idle() -> None:
         prestart()
 
 
+def ready() -> bool:
+    """Whether a standby is waiting, its imports done: the next Start would use it."""
+    with _lock:
+        return _usable(_current) and _ready(_current)
+
+
 def _usable(standby) -> bool:
     return bool(standby) and standby["proc"].poll() is None and standby["env"] == _import_env()
 

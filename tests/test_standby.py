@@ -18,14 +18,9 @@ def standby_on(monkeypatch):
     standby._discard()
 
 
-def _waiting():
-    current = standby._current
-    return current is not None and standby._ready(current)
-
-
 def test_a_standby_becomes_the_next_runs_worker_and_stops_cleanly(standby_on, tiny_model, chat_file, tmp_path):
     standby.prestart()
-    wait_for(_waiting, 120, "the standby to finish its imports")
+    wait_for(standby.ready, 120, "the standby to finish its imports")
     ahead = standby._current["proc"].pid
 
     run_dir = runs.start(config(tiny_model, chat_file, max_steps=2000, eval_every=0), "warm", root=tmp_path)
@@ -49,7 +44,7 @@ def test_a_standby_becomes_the_next_runs_worker_and_stops_cleanly(standby_on, ti
 def test_no_standby_waits_when_turned_off_or_the_environment_changed(standby_on, monkeypatch, tiny_model,
                                                                       chat_file, tmp_path):
     standby.prestart()
-    wait_for(_waiting, 120, "the standby to finish its imports")
+    wait_for(standby.ready, 120, "the standby to finish its imports")
     ahead = standby._current["proc"]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read when torch is imported: the standby cannot take it on
     run_dir = runs.start(config(tiny_model, chat_file, max_steps=2), "fresh", root=tmp_path)

@@ -274,22 +274,6 @@ class Engine:
                          "engine (`python -m core plugins` there).")
 
 
-# -- pure rules the pages' charts and captions read (no backend involved) ------------------------
-
-def ema(values: list[float], weight: float) -> list[float]:
-    """The curve smoothing of the Fine-tune lesson (``core.runs.ema``)."""
-    from .runs import ema as _ema
-
-    return _ema(values, weight)
-
-
-def curve_signals(rows: list[dict], smoothing: float = 0.6) -> dict | None:
-    """What a run's curves show so far: overfitting, flat, spikes (``core.runs.curve_signals``)."""
-    from .runs import curve_signals as _signals
-
-    return _signals(rows, smoothing)
-
-
 def _plugin_rows(registry, kind: str, extra=()) -> list[dict]:
     rows = []
     for name, obj in registry.items(kind).items():

@@ -7,7 +7,8 @@ its progress and metrics (``start_run``, ``run_progress``, ``run_metrics``, ...)
 import streamlit as st
 
 from core.config import CONFIG_DOCS
-from core.engine import ACTIVE, curve_signals, run_model
+from core.curves import curve_signals
+from core.engine import ACTIVE, run_model
 from dashboard import charts, common, lessons, state
 
 POLL_S = 2

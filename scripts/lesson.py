@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from core import evaluate, models, runs, train  # noqa: E402
+from core import curves, evaluate, models, runs, train  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.errors import UserError  # noqa: E402
 
@@ -66,7 +66,7 @@ def loss_curve_png(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
     ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], color="#9ab", lw=1, label="training loss")
     if len(train_rows) > 4:  # a smoothed line reads better than the raw, noisy one
-        smooth = runs.ema([r["loss"] for r in train_rows], 0.8)
+        smooth = curves.ema([r["loss"] for r in train_rows], 0.8)
         ax.plot([r["step"] for r in train_rows], smooth, color="#1f6feb", lw=2, label="training loss (smoothed)")
     ax.plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-", color="#d1242f",
             label="validation loss")

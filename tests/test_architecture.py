@@ -100,7 +100,8 @@ def test_the_facade_active_states_are_the_run_stores():
 
 BLOCK_HEAVY = """
 from dashboard import charts, common, lessons, memory_view, state  # noqa: F401 - importable without torch
-from core.engine import LocalEngine, curve_signals, ema
+from core.curves import curve_signals, ema
+from core.engine import LocalEngine
 
 engine = LocalEngine()
 summary = engine.plan_summary({"lr": 3e-4}, 300, 50, 1000.0)

@@ -10,7 +10,7 @@ import time
 import pluggy
 import pytest
 
-from core import runs, train
+from core import curves, runs, train
 from core.config import RunConfig
 from core.errors import UserError
 from core.registry import Registry
@@ -266,15 +266,15 @@ def test_status_survives_a_half_saved_checkpoint_and_a_never_started_worker(tiny
 
 
 def test_curve_signals_name_overfitting_flat_curves_and_spikes():
-    assert runs.curve_signals([{"step": 1, "loss": 2.0}]) is None
+    assert curves.curve_signals([{"step": 1, "loss": 2.0}]) is None
     falling = [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 13)]
     val = [{"step": 4, "eval_loss": 2.0}, {"step": 8, "eval_loss": 1.8}, {"step": 12, "eval_loss": 2.2}]
-    signals = runs.curve_signals(falling + val)
+    signals = curves.curve_signals(falling + val)
     assert signals["overfitting"] and not signals["flat"] and signals["spikes"] == []
     flat = [{"step": s, "loss": 2.0} for s in range(1, 13)]
-    assert runs.curve_signals(flat)["flat"]
+    assert curves.curve_signals(flat)["flat"]
     spiky = flat[:6] + [{"step": 7, "loss": 6.0}] + flat[7:]
-    assert runs.curve_signals(spiky)["spikes"] == [7]
+    assert curves.curve_signals(spiky)["spikes"] == [7]
 
 
 def _chat_batch(tokenizer, n=3):

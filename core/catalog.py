@@ -25,10 +25,10 @@ from pathlib import Path
 
 from . import hookspecs
 from .errors import UserError
+from .paths import REPO_ROOT
 from .registry import KINDS
 
-REPO = Path(__file__).resolve().parent.parent
-CATALOG_PATH = REPO / "catalog.json"
+CATALOG_PATH = REPO_ROOT / "catalog.json"
 FIELDS = ("package", "summary", "kinds", "repo", "license", "reviewed", "install")
 CATALOG_KINDS = (*KINDS, "lifecycle")  # lifecycle: on_train_start, on_log, on_evaluate, on_train_end
 PACKAGE_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
@@ -51,7 +51,7 @@ def _local_path(spec: str, root: Path) -> Path | None:
     return None
 
 
-def validate_entry(entry, index: int, root: Path = REPO) -> dict:
+def validate_entry(entry, index: int, root: Path = REPO_ROOT) -> dict:
     """Check one catalog entry; raise :class:`CatalogError` naming the entry and the field."""
     where = f"catalog.json, plugins[{index}]"
     if not isinstance(entry, dict):

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from .config import RunConfig
 from .errors import UserError
+from .paths import REPO_ROOT
 from .machine import resolve_precision
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def settings_config(model: str, method: str = "full", precision: str = "auto", batch_size: int = 4,
@@ -180,7 +180,7 @@ def measure_in_worker(config: dict, steps: int = 2, timeout: float = 1800) -> di
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         try:
             proc = subprocess.run([sys.executable, "-m", "core", "measure", str(path), "--steps", str(steps)],
-                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+                                  cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"measuring a training step took over {timeout:.0f} s and was stopped") from None
     if proc.returncode == 2:

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import UserError
-from .registry import tunelab_home
+from .paths import tunelab_home
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"

@@ -33,6 +33,7 @@ import pluggy
 
 from . import __version__, hookspecs
 from .errors import UserError
+from .paths import tunelab_home
 
 BUILTIN_MODULES = ("plugins.formats", "plugins.samplers", "plugins.evaluators", "plugins.backends")
 KINDS = ("data_formats", "samplers", "evaluators", "backends")
@@ -49,11 +50,6 @@ _REQUIRED = {
                    ("evaluate", callable, "a function evaluate(samples, context, **params) -> dict")],
     "backends": [("create", callable, "a function create(settings) -> core.engine.Engine")],
 }
-
-
-def tunelab_home() -> Path:
-    """Where TuneLab keeps its caches and settings (``$TUNELAB_HOME``, default ``~/.cache/tunelab``)."""
-    return Path(os.environ.get("TUNELAB_HOME") or Path.home() / ".cache" / "tunelab")
 
 
 @dataclass

@@ -41,18 +41,13 @@ from pathlib import Path
 
 from . import standby
 from .errors import UserError
+from .paths import REPO_ROOT, runs_root
 
 ACTIVE = ("queued", "running", "stopping")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCK_NAME = "worker.lock"
 LOCK_FD_ENV = "TUNELAB_WORKER_LOCK_FD"  # launch() hands its lock to the worker through this fd
 EXIT_GRACE_S = 20.0
 _held_locks: list[int] = []  # lock fds this process keeps open (= holds) until it exits
-
-
-def runs_root() -> Path:
-    """Where runs live: ``$TUNELAB_RUNS_DIR``, default ``runs/`` in the repository."""
-    return Path(os.environ.get("TUNELAB_RUNS_DIR") or REPO_ROOT / "runs")
 
 
 def safe_run_id(name: str | None = None) -> str:

@@ -29,7 +29,8 @@ import threading
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .paths import REPO_ROOT
+
 HANDOVER_TIMEOUT_S = 10.0
 # Read once, when torch, transformers or their libraries are imported: a standby started under other
 # values cannot take them on later (anything else is handed over with the run).

@@ -21,16 +21,17 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .paths import REPO_ROOT, runs_root
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "data"
+DATA = REPO_ROOT / "data"
 TTL_ENV = "TUNELAB_UPLOAD_TTL_H"
 DEFAULT_TTL_H = 24.0
 
 
 def uploads_dir() -> Path:
-    """Where uploads are kept: ``$TUNELAB_UPLOADS_DIR``, else ``runs/uploads`` in the repository."""
-    return Path(os.environ.get("TUNELAB_UPLOADS_DIR") or REPO / "runs" / "uploads")
+    """Where uploads are kept: ``$TUNELAB_UPLOADS_DIR``, else ``uploads/`` under the run store
+    (``$TUNELAB_RUNS_DIR``), so a deployment's shared runs folder holds its uploads too."""
+    return Path(os.environ.get("TUNELAB_UPLOADS_DIR") or runs_root() / "uploads")
 
 
 def ttl_hours() -> float:
@@ -90,7 +91,7 @@ def bundled_data() -> list[Path]:
 
 def _resolve(path: str | os.PathLike) -> Path:
     path = Path(path).expanduser()
-    return (path if path.is_absolute() else REPO / path).resolve()
+    return (path if path.is_absolute() else REPO_ROOT / path).resolve()
 
 
 def allowed_data(path: str, uploads: list[str] | tuple = ()) -> Path:
@@ -108,6 +109,6 @@ def allowed_data(path: str, uploads: list[str] | tuple = ()) -> Path:
             raise UserError(f"{text}: the file is gone (uploads are kept {ttl_hours():g} hours); upload it again "
                             "on 2 · Prepare data")
         return wanted
-    bundled = ", ".join(str(p.relative_to(REPO)) for p in bundled_data() if p.parent == DATA)
+    bundled = ", ".join(str(p.relative_to(REPO_ROOT)) for p in bundled_data() if p.parent == DATA)
     raise UserError(f"{text}: this app reads only the data sets that ship with it ({bundled}, and data/real-world/) "
                     "and files you uploaded in this session; upload the file on 2 · Prepare data to use it")

@@ -17,8 +17,10 @@ REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = sorted((REPO / "dashboard").glob("*.py"))
 CORE = sorted((REPO / "core").rglob("*.py"))
 
-# What a page or widget may import from core: the facade, and the types it passes around.
-ALLOWED_CORE = {"core.engine": None, "core.config": {"RunConfig", "CONFIG_DOCS"}, "core.errors": {"UserError"}}
+# What a page or widget may import from core: the facade, the types it passes around, and the pure
+# rules a thin client reads without the engine (curves; nothing there imports torch or a run folder).
+ALLOWED_CORE = {"core.engine": None, "core.config": {"RunConfig", "CONFIG_DOCS"}, "core.errors": {"UserError"},
+                "core.curves": None}
 HEAVY = {"torch", "transformers", "peft", "accelerate", "safetensors", "gguf", "bitsandbytes"}
 
 

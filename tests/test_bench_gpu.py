@@ -5,13 +5,14 @@ import subprocess
 import sys
 
 from core import runs
+from core.paths import REPO_ROOT
 
 
 def test_the_gpu_bench_dry_runs_on_a_cpu_and_writes_its_figures(embedded_dir, tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--model", "tiny", "--batch", "2",
                            "--length", "16", "--steps", "1", "--precisions", "fp32,bf16", "--out", str(out)],
-                          cwd=runs.REPO_ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert [r["precision"] for r in figures["rows"]] == ["fp32", "bf16"]

@@ -34,7 +34,7 @@ def write_config(path, cfg):
 
 
 def cli(*args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=runs.REPO_ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -73,7 +73,7 @@ def test_kill_9_during_a_checkpoint_save_loses_nothing(tiny_model, chat_file, tm
     run_dir = tmp_path / "run"
     path = write_config(tmp_path / "run.yaml", cfg)
     worker = subprocess.run([sys.executable, "-c", KILL_MID_SAVE, str(path), str(run_dir), "step-4"],
-                            cwd=runs.REPO_ROOT, capture_output=True, text=True, timeout=180)
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert worker.returncode == -9, worker.stderr
 
     partial = run_dir / "checkpoints" / "step-4.tmp"
@@ -140,6 +140,7 @@ DASHBOARD = """
 import os, signal, sys
 from core import runs
 from core.config import load_config
+from core.paths import REPO_ROOT
 
 run_dir = runs.start(load_config(sys.argv[1]), "restart", root=sys.argv[2], owner="session-1")
 print(run_dir, flush=True)
@@ -150,7 +151,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # the dashboard dies; its worker must not
 def test_a_run_survives_a_dashboard_restart_and_the_new_one_reattaches(tiny_model, chat_file, tmp_path):
     cfg = config(tiny_model, chat_file, max_steps=3000, save_every=0)
     dashboard = subprocess.run([sys.executable, "-c", DASHBOARD, str(write_config(tmp_path / "c.yaml", cfg)),
-                                str(tmp_path / "runs")], cwd=runs.REPO_ROOT, capture_output=True, text=True,
+                                str(tmp_path / "runs")], cwd=REPO_ROOT, capture_output=True, text=True,
                                timeout=60)
     assert dashboard.returncode == -9
     run_dir = Path(dashboard.stdout.strip())

@@ -15,6 +15,7 @@ import pytest
 from core import queue, runs
 from core.config import RunConfig
 from core.errors import UserError
+from core.paths import REPO_ROOT
 
 
 def config(tiny_model, chat_file, **over):
@@ -25,7 +26,7 @@ def config(tiny_model, chat_file, **over):
 
 
 def cli(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=runs.REPO_ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 
@@ -188,7 +189,7 @@ def test_slots_are_held_until_the_worker_exits(tmp_path):
     run_dir = runs.create_run(RunConfig(), "slot", root=tmp_path)
     code = ("import sys, time; from core import queue, runs; runs.claim_worker(sys.argv[1]); "
             "print(queue.wait_for_slot(sys.argv[1], 123, stop=False), flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=runs.REPO_ROOT, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             text=True)
     try:
         assert proc.stdout.readline().strip() == "0"

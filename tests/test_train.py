@@ -14,6 +14,7 @@ from core import curves, runs, train
 from core.config import RunConfig
 from core.errors import UserError
 from core.registry import Registry
+from core.paths import REPO_ROOT
 from test_runs import wait_for
 
 hookimpl = pluggy.HookimplMarker("tunelab")
@@ -148,7 +149,7 @@ def test_stop_command_stops_a_running_worker(tiny_model, chat_file, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and len(losses(run_dir)) < 2:
         time.sleep(0.2)
-    rc = subprocess.run([sys.executable, "-m", "core", "stop", str(run_dir)], cwd=runs.REPO_ROOT,
+    rc = subprocess.run([sys.executable, "-m", "core", "stop", str(run_dir)], cwd=REPO_ROOT,
                         capture_output=True, text=True).returncode
     assert rc == 0
     while time.time() < deadline and runs.read_status(run_dir)["state"] in runs.ACTIVE:
@@ -214,7 +215,7 @@ def test_bad_config_is_refused_before_any_model_loads(tmp_path, chat_file):
     path = tmp_path / "bad.yaml"
     path.write_text(f"model: nowhere/at-all\ndata:\n  path: {chat_file}\nlearning_rate: 0.1\n")
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "core", "train", str(path)], cwd=runs.REPO_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "core", "train", str(path)], cwd=REPO_ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "learning_rate" in proc.stderr and "Traceback" not in proc.stderr

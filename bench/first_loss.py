@@ -2,7 +2,7 @@
 
     python bench/first_loss.py [--config configs/lesson.yaml] [--repeats 2]
 
-Starts the default lesson's run the way the Start button does (``core.runs.start``), polls the
+Starts the default lesson's run the way the Start button does (``core.workers.start``), polls the
 run folder, and reports the seconds until the worker is training (``status.json`` has the data
 summary: imports, tokenizer and data done) and until the first loss row lands in
 ``metrics.jsonl``; then stops the run. Twice over: with a fresh worker process (the CLI's way,
@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def once(cfg, root: Path, warm: bool) -> dict:
-    from core import runs, standby
+    from core import runs, standby, workers
 
     if warm:
         os.environ["TUNELAB_STANDBY"] = "1"
@@ -41,7 +41,7 @@ def once(cfg, root: Path, warm: bool) -> dict:
         os.environ["TUNELAB_STANDBY"] = "0"
         standby._discard()
     started = time.perf_counter()
-    run_dir = runs.start(cfg, "first-loss", root=root)
+    run_dir = workers.start(cfg, "first-loss", root=root)
     marks = {}
     while time.perf_counter() - started < 300:
         if "data" not in marks and "data" in runs.read_status(run_dir):
@@ -52,7 +52,7 @@ def once(cfg, root: Path, warm: bool) -> dict:
         if runs.read_status(run_dir)["state"] in ("failed", "finished", "stopped"):
             raise SystemExit(f"the worker ended early:\n{(run_dir / 'log.txt').read_text()[-2000:]}")
         time.sleep(0.05)
-    runs.request_stop(run_dir)
+    workers.request_stop(run_dir)
     while time.perf_counter() - started < 400 and runs.read_status(run_dir)["state"] in runs.ACTIVE:
         time.sleep(0.2)
     return marks
@@ -78,7 +78,7 @@ def main() -> None:
     from core import standby
 
     standby._discard()
-    print(f"From `runs.start` (what Start does) to, median of {args.repeats} starts of `{Path(args.config).name}`:\n")
+    print(f"From `workers.start` (what Start does) to, median of {args.repeats} starts of `{Path(args.config).name}`:\n")
     print("| worker | data prepared (imports, tokenizer, data) | first loss row (model loaded, first step done) |")
     print("|---|---|---|")
     for label, data, loss in rows:

@@ -7,12 +7,24 @@ where, how to fix it); never a traceback for a user's mistake.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import select
+import shutil
+import socket
 import sys
+import time
 from pathlib import Path
 
+from . import data, evaluate, export, generate, machine, memory, models, queue, runs, train, workers
+from .backends import ray
+from .config import load_config
+from .engine import backend_settings
 from .errors import UserError
+from .measure import measure_step, settings_config
+from .registry import get_registry
+from .service import serve
 
 
 def _params(items) -> dict:
@@ -26,8 +38,6 @@ def _params(items) -> dict:
 
 
 def cmd_plugins(args) -> int:
-    from .registry import get_registry
-
     listing = get_registry().listing()
     if args.json:
         print(json.dumps(listing, indent=2))
@@ -42,8 +52,6 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    from . import data, models
-    from .registry import get_registry
 
     registry = get_registry()
     fmt = args.format
@@ -111,15 +119,13 @@ def _run_training(cfg, run_dir: Path, resume: bool, launched: bool = False) -> i
     """Train as the run's worker (the caller holds its ``worker.lock``): wait for a slot, train, report."""
     from transformers.utils import logging as hf_logging
 
-    from . import queue, runs, train
-
     hf_logging.disable_progress_bar()  # the log shows metrics, not weight-loading bars
 
     def total():
         return runs.read_status(run_dir).get("total_steps")
 
     if not launched:
-        # not started by runs.launch (which clears it): a STOP file is left over from a killed run
+        # not started by workers.launch (which clears it): a STOP file is left over from a killed run
         (run_dir / "STOP").unlink(missing_ok=True)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # a multi-GPU launch has its GPUs already
         # a fixed TUNELAB_MAX_WORKERS (refused here if malformed) needs no memory estimate
@@ -144,9 +150,6 @@ def _run_training(cfg, run_dir: Path, resume: bool, launched: bool = False) -> i
 
 def _disk_full(exc: BaseException, run_dir: Path) -> bool:
     """Whether ``exc`` (an OSError, or safetensors'/torch's own error types) means the disk is full."""
-    import errno
-    import shutil
-
     text = str(exc)
     if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "StorageFull" in text:
         return True
@@ -158,10 +161,6 @@ def _disk_full(exc: BaseException, run_dir: Path) -> bool:
 
 def _disk_full_result(exc: BaseException, run_dir: Path) -> dict:
     """Free what the interrupted save took (its step-N.tmp) and record a clear failure."""
-    import shutil
-
-    from . import runs
-
     runs.remove_partial_checkpoints(run_dir)
     shutil.rmtree(run_dir / "final.tmp", ignore_errors=True)  # a full disk while saving final/
     kept = runs.latest_checkpoint(run_dir)
@@ -175,57 +174,45 @@ def _disk_full_result(exc: BaseException, run_dir: Path) -> dict:
 
 
 def cmd_train(args) -> int:
-    from . import runs
-    from .config import load_config
-
-    from .data import check_path
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     claimed = bool(run_dir and (run_dir / "status.json").exists())
     if claimed:  # a live run: refused at once, before anything is written
-        launched = runs.claim_worker(run_dir)
+        launched = workers.claim_worker(run_dir)
     cfg = load_config(args.config, args.set)
     try:  # a missing or unusable data file is refused before any model loads
-        check_path(cfg.data.path)
+        data.check_path(cfg.data.path)
     except UserError as exc:
         raise UserError(f"{args.config}: data.path: {exc}") from None
     try:  # so is a model folder that is not there: no torch import, no run folder left marked failed
-        from .models import check_model_name
-
-        check_model_name(cfg.model)
+        models.check_model_name(cfg.model)
     except UserError as exc:
         raise UserError(f"{args.config}: model: {exc}") from None
     if run_dir is None:
         run_dir = runs.create_run(cfg, Path(args.config).stem)
     if not claimed:
         run_dir.mkdir(parents=True, exist_ok=True)
-        launched = runs.claim_worker(run_dir)
+        launched = workers.claim_worker(run_dir)
     return _run_training(cfg, run_dir, resume=False, launched=launched)
 
 
 def cmd_resume(args) -> int:
-    from . import runs
-
     run_dir = Path(args.run_dir)
     runs.read_status(run_dir)  # a run folder, or a clear error (before a lock file is made in it)
-    launched = runs.claim_worker(run_dir)  # a live worker: refused at once
+    launched = workers.claim_worker(run_dir)  # a live worker: refused at once
     status = runs.read_status(run_dir)
     if status["state"] == "finished":
         raise UserError(f"run {run_dir.name} has already finished; start a new run to train more")
-    return _run_training(runs.load_config(run_dir), run_dir, resume=True, launched=launched)
+    return _run_training(runs.run_config(run_dir), run_dir, resume=True, launched=launched)
 
 
 def cmd_stop(args) -> int:
-    from . import runs
-
-    runs.request_stop(args.run_dir)
+    workers.request_stop(args.run_dir)
     print(f"asked run {Path(args.run_dir).name} to stop; it saves a checkpoint first")
     return 0
 
 
 def cmd_status(args) -> int:
-    from . import runs
-
     status = runs.read_status(args.run_dir)
     if args.json:
         print(json.dumps(status, indent=2))
@@ -241,8 +228,6 @@ def cmd_status(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from . import generate, models
-
     params = _params(args.param)
     generate.sampler_settings(args.sampler, params)  # an unknown sampler or bad value: before the model loads
     model, tokenizer = models.load_model(args.model)
@@ -258,11 +243,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from . import evaluate, runs
-
     run_dir = Path(args.run_dir)
     runs.read_status(run_dir)
-    cfg = runs.load_config(run_dir)
+    cfg = runs.run_config(run_dir)
     data_path = args.data or cfg.data.path
     if not args.data:
         print(f"note: scoring on the training file {data_path}; a model always looks better on what it "
@@ -275,17 +258,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_memory(args) -> int:
-    from . import machine, memory
-
-    precision = machine.resolve_precision(args.precision) if args.precision == "auto" else args.precision
-    est = memory.estimate(args.model, method=args.method, precision=precision, batch_size=args.batch_size,
+    precision = machine.resolve_precision(args.precision)
+    cfg = settings_config(args.model, method=args.method, precision=precision, batch_size=args.batch_size,
                           max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing)
+    est = memory.estimate_run(cfg)
     if args.measure:  # a real step with the same settings, in this process (the CLI is its own worker)
-        from .measure import measure_step, settings_config
-
-        est["measured"] = measure_step(settings_config(
-            args.model, method=args.method, precision=precision, batch_size=args.batch_size,
-            max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing))
+        est["measured"] = measure_step(cfg)
     if args.json:
         print(json.dumps(est, indent=2))
         return 0
@@ -304,8 +282,6 @@ def cmd_memory(args) -> int:
 
 def cmd_measure(args) -> int:
     """One real training step of a config on random tokens: peak memory and speed, as JSON (for workers)."""
-    from .config import load_config
-    from .measure import measure_step
 
     print(json.dumps(measure_step(load_config(args.config, args.set), steps=args.steps)))
     return 0
@@ -313,8 +289,6 @@ def cmd_measure(args) -> int:
 
 def cmd_export(args) -> int:
     """Export a finished run to GGUF + Modelfile + README card, verified by reading the GGUF back."""
-    from . import export
-    from .memory import fmt_bytes
 
     sampler = {"name": args.sampler, "params": _params(args.param)} if args.sampler else None
 
@@ -334,9 +308,10 @@ def cmd_export(args) -> int:
         return 0
     check = result["verification"]
     for kind, path in result["paths"].items():
-        print(f"{kind:<17} {path} ({fmt_bytes(result['sizes'][kind])})")
-    print(f"read back: top-1 agreement {check['top1_agreement']:.1%} over {check['positions']} positions "
-          f"(needs {check['threshold']:.0%}); {result['seconds']['total']:.1f} s")
+        print(f"{kind:<17} {path} ({machine.fmt_bytes(result['sizes'][kind])})")
+    print(f"read back: perplexity {check['perplexity_increase']:+.2%} against final/ (allowed "
+          f"{check['bound']:.1%}), top-1 agreement {check['top1_agreement']:.1%} over {check['positions']} "
+          f"positions; {result['seconds']['total']:.1f} s")
     print(f"run it:  cd {args.out} && {result['commands']['ollama']}")
     print(f"    or:  {result['commands']['llama_cpp']}")
     return 0
@@ -344,10 +319,6 @@ def cmd_export(args) -> int:
 
 def cmd_prepare_embedded(args) -> int:
     """Convert the embedded model once (``make run`` calls this so the first page load is fast)."""
-    import time
-
-    from . import models
-
     t = time.time()
     path = models.ensure_embedded()
     print(f"embedded model ready at {path} ({time.time() - t:.1f} s)")
@@ -356,8 +327,6 @@ def cmd_prepare_embedded(args) -> int:
 
 def cmd_serve(args) -> int:
     """The TuneLab service on a GPU box (``core.service``): the Ray backend's interactive verbs."""
-    from .service import serve
-
     serve(args.host, args.port)
     return 0
 
@@ -367,120 +336,144 @@ def _ray_route(args):
     TUNELAB_BACKEND=ray, the others when the run folder mirrors a Ray job (it has backend.json)."""
     if args.command not in ("train", "resume", "stop", "status"):
         return None
-    from .backends import ray
-
     if args.command == "train":
-        from .engine import backend_settings
-
         return ray.cli_train if backend_settings()["backend"] == "ray" else None
     if not ray.read_backend(args.run_dir):
         return None
     return {"resume": ray.cli_resume, "stop": ray.cli_stop, "status": ray.cli_status}[args.command]
 
 
+# -- the standby's worker half (core.standby is the starter's half) ----------------------------------
+def _warm_up() -> None:
+    """What every worker would do first: import the engine's packages and the embedded model's code."""
+    import torch
+    import transformers
+
+    # the thread pool and the matrix kernels' first-use set-up, which a first step would pay for
+    x = torch.randn(64, 64, requires_grad=True)
+    with machine.Precision(machine.resolve_precision("auto"), "cpu").autocast():
+        (x @ x).float().sum().backward()
+    try:  # the model code (modeling_llama for SmolLM2) is imported on first use: do it now
+        config = transformers.AutoConfig.from_pretrained(models.resolve(models.EMBEDDED))
+        for arch in config.architectures or []:
+            getattr(transformers, arch, None)
+        models.load_tokenizer(models.EMBEDDED)
+    except Exception:  # noqa: BLE001 - not converted yet, or another default: the worker loads what it needs
+        pass
+
+
+def cmd_standby(args) -> int:
+    """``python -m core standby --fd N``: warm up, say ready, wait for one run, then be its worker."""
+    sock = socket.socket(fileno=args.fd)
+    starter = os.getppid()
+    _warm_up()
+    sock.sendall(b"ready\n")
+    deadline = time.time() + float(os.environ.get("TUNELAB_STANDBY_IDLE_S") or 1800)
+    while not select.select([sock], [], [], 1.0)[0]:
+        if os.getppid() != starter or time.time() > deadline:
+            return 0  # the dashboard is gone, or nobody pressed Start: free the memory
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(sock, 65536, 2)
+    except OSError:
+        return 0
+    if not message or len(fds) != 2:
+        return 0  # the starter closed the socket: not needed
+    lock_fd, log_fd = fds
+    job = json.loads(message)
+    os.dup2(log_fd, 1)  # the run's log.txt, as a fresh worker's stdout and stderr would be
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.environ.clear()
+    os.environ.update(job["env"], PYTHONUNBUFFERED="1")  # the starter's, as at Start
+    os.environ[workers.LOCK_FD_ENV] = str(lock_fd)  # claim_worker adopts the lock, as from launch()
+    try:
+        sock.sendall(f"ok {os.getpid()}\n".encode())
+        sock.close()
+    except OSError:
+        return 0  # the starter gave up waiting and starts a fresh worker (it kills this one)
+    return main(job["argv"])
+
+
+# -- the command line --------------------------------------------------------------------------------
+def _arg(*flags, **kw):
+    return flags, kw
+
+
+JSON = _arg("--json", action="store_true")
+SETS = _arg("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+RUN_DIR = _arg("run_dir")
+
+# (command, help, function, arguments): one row per command, in the order --help lists them
+COMMANDS = [
+    ("plugins", "list installed plugins", cmd_plugins, [JSON]),
+    ("data check", "validate a data file and report on it", cmd_data_check, [
+        _arg("file"), _arg("--format", help="data format plugin (default: detect)"),
+        _arg("--param", action="append", help="format option name=value"),
+        _arg("--model", default="embedded", help="tokenizer for token lengths"),
+        _arg("--max-length", type=int, default=512),
+        _arg("--no-tokens", action="store_true", help="skip token lengths (no tokenizer load)"), JSON]),
+    ("train", "train from a YAML config", cmd_train, [
+        _arg("config"), _arg("--run-dir", help="run folder (default: runs/<config name>-<time>)"), SETS]),
+    ("resume", "continue a stopped or interrupted run from its last checkpoint", cmd_resume, [RUN_DIR]),
+    ("stop", "ask a running run to checkpoint and stop", cmd_stop, [RUN_DIR]),
+    ("status", "show a run's state", cmd_status, [RUN_DIR, JSON]),
+    ("generate", "generate an answer", cmd_generate, [
+        _arg("--model", default="embedded", help="embedded, a Hub id, a model folder or a run folder"),
+        _arg("--prompt", required=True), _arg("--sampler", default="greedy"),
+        _arg("--param", action="append", help="sampler parameter name=value"),
+        _arg("--max-new-tokens", type=int, default=200), _arg("--seed", type=int, default=0),
+        _arg("--no-stream", action="store_true")]),
+    ("eval", "evaluate a run's base and tuned model on held-out data", cmd_eval, [
+        RUN_DIR, _arg("--data", help="held-out file (default: the run's data file)"),
+        _arg("--evaluators", help="comma list (default: all)"), _arg("--sampler", default="greedy"),
+        _arg("--limit", type=int, default=None, help="evaluate the first N examples only"),
+        _arg("--max-new-tokens", type=int, default=160)]),
+    ("memory", "estimate training memory", cmd_memory, [
+        _arg("--model", default="embedded"), _arg("--method", choices=["full", "lora"], default="full"),
+        _arg("--precision", choices=["auto", *machine.PRECISIONS], default="auto"),
+        _arg("--batch-size", type=int, default=4), _arg("--max-length", type=int, default=256),
+        _arg("--gradient-checkpointing", action="store_true"),
+        _arg("--measure", action="store_true", help="also run two real training steps and measure them"), JSON]),
+    ("measure", "measure a real training step of a config; prints JSON", cmd_measure, [
+        _arg("config"), SETS,
+        _arg("--steps", type=int, default=2, help="steps to run (AdamW's state appears in the first)")]),
+    ("export", "export a finished run to GGUF + an Ollama Modelfile, checked by reading back", cmd_export, [
+        RUN_DIR, _arg("--out", required=True, help="folder for NAME.gguf, Modelfile and README.md (created if missing)"),
+        _arg("--type", default="f16", help="f16 (full quality) or q8_0 (about half the size)"),
+        _arg("--sampler", help="write this sampler into the Modelfile as Ollama PARAMETERs"),
+        _arg("--param", action="append", help="sampler parameter name=value"), JSON]),
+    ("prepare-embedded", "convert the embedded model once (done by make run)", cmd_prepare_embedded, []),
+    ("serve", "the TuneLab service for the Ray backend (run it on the GPU box)", cmd_serve, [
+        _arg("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (put TLS in front)"),
+        _arg("--port", type=int, default=8266)]),
+    ("standby", "(internal) a training worker started ahead of Start (core/standby.py)", cmd_standby, [
+        _arg("--fd", type=int, required=True, help="the socket its starter hands the run over")]),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m core", description="TuneLab's fine-tuning engine.")
     sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("plugins", help="list installed plugins")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_plugins)
-
-    d = sub.add_parser("data", help="data files").add_subparsers(dest="data_command", required=True)
-    s = d.add_parser("check", help="validate a data file and report on it")
-    s.add_argument("file")
-    s.add_argument("--format", help="data format plugin (default: detect)")
-    s.add_argument("--param", action="append", help="format option name=value")
-    s.add_argument("--model", default="embedded", help="tokenizer for token lengths")
-    s.add_argument("--max-length", type=int, default=512)
-    s.add_argument("--no-tokens", action="store_true", help="skip token lengths (no tokenizer load)")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_data_check)
-
-    s = sub.add_parser("train", help="train from a YAML config")
-    s.add_argument("config")
-    s.add_argument("--run-dir", help="run folder (default: runs/<config name>-<time>)")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    s.set_defaults(func=cmd_train)
-
-    s = sub.add_parser("resume", help="continue a stopped or interrupted run from its last checkpoint")
-    s.add_argument("run_dir")
-    s.set_defaults(func=cmd_resume)
-
-    s = sub.add_parser("stop", help="ask a running run to checkpoint and stop")
-    s.add_argument("run_dir")
-    s.set_defaults(func=cmd_stop)
-
-    s = sub.add_parser("status", help="show a run's state")
-    s.add_argument("run_dir")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_status)
-
-    s = sub.add_parser("generate", help="generate an answer")
-    s.add_argument("--model", default="embedded", help="embedded, a Hub id, a model folder or a run folder")
-    s.add_argument("--prompt", required=True)
-    s.add_argument("--sampler", default="greedy")
-    s.add_argument("--param", action="append", help="sampler parameter name=value")
-    s.add_argument("--max-new-tokens", type=int, default=200)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-stream", action="store_true")
-    s.set_defaults(func=cmd_generate)
-
-    s = sub.add_parser("eval", help="evaluate a run's base and tuned model on held-out data")
-    s.add_argument("run_dir")
-    s.add_argument("--data", help="held-out file (default: the run's data file)")
-    s.add_argument("--evaluators", help="comma list (default: all)")
-    s.add_argument("--sampler", default="greedy")
-    s.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
-    s.add_argument("--max-new-tokens", type=int, default=160)
-    s.set_defaults(func=cmd_eval)
-
-    s = sub.add_parser("memory", help="estimate training memory")
-    s.add_argument("--model", default="embedded")
-    s.add_argument("--method", choices=["full", "lora"], default="full")
-    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--max-length", type=int, default=256)
-    s.add_argument("--gradient-checkpointing", action="store_true")
-    s.add_argument("--measure", action="store_true", help="also run two real training steps and measure them")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_memory)
-
-    s = sub.add_parser("measure", help="measure a real training step of a config; prints JSON")
-    s.add_argument("config")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    s.add_argument("--steps", type=int, default=2, help="steps to run (AdamW's state appears in the first)")
-    s.set_defaults(func=cmd_measure)
-
-    s = sub.add_parser("export", help="export a finished run to GGUF + an Ollama Modelfile, checked by reading back")
-    s.add_argument("run_dir")
-    s.add_argument("--out", required=True, help="folder for NAME.gguf, Modelfile and README.md (created if missing)")
-    s.add_argument("--type", default="f16", help="f16 (full quality) or q8_0 (about half the size)")
-    s.add_argument("--sampler", help="write this sampler into the Modelfile as Ollama PARAMETERs")
-    s.add_argument("--param", action="append", help="sampler parameter name=value")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_export)
-
-    s = sub.add_parser("prepare-embedded", help="convert the embedded model once (done by make run)")
-    s.set_defaults(func=cmd_prepare_embedded)
-
-    s = sub.add_parser("standby", help="(internal) a training worker started ahead of Start (core/standby.py)")
-    s.add_argument("--fd", type=int, required=True, help="the socket its starter hands the run over")
-    s.set_defaults(func=lambda a: __import__("core.standby", fromlist=["serve"]).serve(a.fd))
-
-    s = sub.add_parser("serve", help="the TuneLab service for the Ray backend (run it on the GPU box)")
-    s.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (put TLS in front)")
-    s.add_argument("--port", type=int, default=8266)
-    s.set_defaults(func=cmd_serve)
+    groups = {}
+    for name, help_text, func, arguments in COMMANDS:
+        parent = sub
+        if " " in name:  # a command with its own sub-commands: "data check"
+            group, name = name.split(" ", 1)
+            if group not in groups:
+                groups[group] = sub.add_parser(group, help=f"{group} files").add_subparsers(
+                    dest=f"{group}_command", required=True)
+            parent = groups[group]
+        s = parent.add_parser(name, help=help_text)
+        for flags, kw in arguments:
+            s.add_argument(*flags, **kw)
+        s.set_defaults(func=func)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("train", "resume"):
-        from .train import install_stop_signals
-
-        install_stop_signals()
+        train.install_stop_signals()
     try:
         remote = _ray_route(args)
         return remote(args) if remote else args.func(args)

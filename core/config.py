@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .machine import PRECISIONS
 
 METHODS = ("full", "lora")
 SCHEDULERS = ("linear", "cosine", "constant")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # what a config may say; core.machine resolves "auto"
 
 # key -> (help, (min, max) or choices or None). Defaults live on the dataclasses below.
 CONFIG_DOCS: dict[str, tuple[str, object]] = {
@@ -45,7 +46,7 @@ CONFIG_DOCS: dict[str, tuple[str, object]] = {
     "save_every": ("Save a checkpoint every N optimizer steps (0 = only when stopping and at the end).", (0, 10_000_000)),
     "log_every": ("Write a metrics row every N optimizer steps (1 = every step).", (1, 10_000)),
     "seed": ("Random seed: same seed, same data order and initial adapters, same curve.", (0, 2**31 - 1)),
-    "precision": ("'auto' = bf16 autocast on CPUs with native bf16 (AVX-512 BF16 or AMX), else fp32 on CPU; bf16 on GPUs that support it, else fp16 with a grad scaler.", PRECISIONS),
+    "precision": ("'auto' = bf16 autocast on CPUs with native bf16 (AVX-512 BF16 or AMX), else fp32 on CPU; bf16 on GPUs that support it, else fp16 with a grad scaler.", PRECISION_CHOICES),
     "gradient_checkpointing": ("Recompute activations in the backward pass: much less memory, ~30% slower.", None),
     "train_on_prompt": ("Also train on the user's tokens (normally only the assistant's reply is learned).", None),
 }

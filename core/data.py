@@ -23,12 +23,12 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import readers
 from .errors import UserError
-from .registry import get_registry
+from .registry import get_registry, resolve_params
+from .config import split_sizes
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
-SNIFF_BYTES = 64 * 1024
-FIRST_RECORD_LIMIT = 64 * 1024 * 1024  # how far the sniffer reads to see a whole first record
 HUGE_RECORD_CHARS = 100_000  # a record this long is cut to max_length whatever it is; say so
 TOKEN_SAMPLE = 20_000  # data check tokenizes at most this many records (evenly spread) for the lengths
 MAX_REPORTED = 200  # rows listed per kind of problem
@@ -46,100 +46,6 @@ def check_path(path) -> Path:
     return path
 
 
-# What a file's first bytes say it really is, whatever its name: (magic, what it is, how to fix it).
-CONTAINERS = [
-    (b"\x1f\x8b", "gzip-compressed", "decompress it first (gunzip -k FILE) and check the result"),
-    (b"PK\x03\x04", "a ZIP archive (or an .xlsx/.docx document)", "unzip it, or export the sheet as CSV"),
-    (b"PAR1", "a Parquet table", "convert it to JSON lines, e.g. "
-                                 "python -c \"import pandas as p; p.read_parquet('in.parquet').to_json('out.jsonl', "
-                                 "orient='records', lines=True)\""),
-    (b"\xff\xfe\x00\x00", "text encoded as UTF-32", "re-save it as UTF-8 (iconv -f UTF-32 -t UTF-8 in > out)"),
-    (b"\xff\xfe", "text encoded as UTF-16 (little-endian, with a byte-order mark)",
-     "re-save it as UTF-8 (iconv -f UTF-16 -t UTF-8 in > out)"),
-    (b"\xfe\xff", "text encoded as UTF-16 (big-endian, with a byte-order mark)",
-     "re-save it as UTF-8 (iconv -f UTF-16 -t UTF-8 in > out)"),
-    (b"SQLite format 3", "an SQLite database", "export the table as CSV or JSON lines"),
-    (b"\x89PNG", "a PNG image", "a data set is text: JSON, JSON lines, CSV or plain text"),
-    (b"\xff\xd8\xff", "a JPEG image", "a data set is text: JSON, JSON lines, CSV or plain text"),
-    (b"%PDF", "a PDF document", "extract its text into a .txt file first"),
-]
-BINARY_NAMES = {".parquet": "a Parquet table", ".arrow": "an Arrow table", ".xlsx": "an Excel workbook",
-                ".gz": "a gzip file", ".zip": "a ZIP archive", ".pdf": "a PDF document"}
-
-
-def diagnose_container(path, raw: bytes) -> None:
-    """Refuse a file whose container or encoding is not plain UTF-8 text, saying what it is and the fix."""
-    path = Path(path)
-    for magic, what, fix in CONTAINERS:
-        if raw.startswith(magic):
-            raise UserError(f"{path.name}: the file is {what}, not a text data file; {fix}")
-    sample = raw[:4096]
-    if sample.count(b"\x00") > len(sample) // 4:  # every other byte zero: UTF-16 without a byte-order mark
-        if sample[1::2].count(0) > len(sample) // 3 or sample[0::2].count(0) > len(sample) // 3:
-            raise UserError(f"{path.name}: the file is text encoded as UTF-16 (no byte-order mark); re-save it "
-                            "as UTF-8 (iconv -f UTF-16 -t UTF-8 in > out)")
-        raise UserError(f"{path.name}: the file is binary, not text; a data set is JSON, JSON lines, CSV or text")
-    if b"\x00" in sample:
-        raise UserError(f"{path.name}: the file holds NUL bytes, so it is binary or damaged, not text; "
-                        "re-export it as UTF-8 text")
-    suffix = path.suffix.lower()
-    if suffix in BINARY_NAMES:
-        kind = _text_kind(raw)
-        raise UserError(f"{path.name}: named like {BINARY_NAMES[suffix]} but the file is plain text{kind}; "
-                        f"rename it to what it holds (e.g. {path.stem}{_suggested_suffix(raw)})")
-
-
-def _text_kind(raw: bytes) -> str:
-    start = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-    return {b"[": " (a JSON array)", b"{": " (JSON lines)"}.get(start, "")
-
-
-def _suggested_suffix(raw: bytes) -> str:
-    start = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-    return {b"[": ".json", b"{": ".jsonl"}.get(start, ".txt")
-
-
-def sniff_head(path) -> tuple[bytes, str]:
-    """``(first bytes, head text)`` for the sniffers: 64 KiB, or more until the first JSON record ends.
-
-    A record whose first field is longer than 64 KiB would otherwise hide the keys that tell
-    its format; reading on (up to 64 MiB) lets every sniffer see one whole record.
-    """
-    with Path(path).open("rb") as f:
-        raw = f.read(SNIFF_BYTES)
-        start = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-        if start in (b"[", b"{") and len(raw) == SNIFF_BYTES:
-            while len(raw) < FIRST_RECORD_LIMIT and _first_record_open(raw):
-                more = f.read(len(raw))
-                if not more:
-                    break
-                raw += more
-    return raw, raw.decode("utf-8", errors="replace")
-
-
-def _first_record_open(raw: bytes) -> bool:
-    """Whether the first JSON record in ``raw`` is still unfinished (brackets outside strings counted)."""
-    text = raw.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
-    depth, i, n, base = 0, 0, len(text), 1 if text.startswith("[") else 0
-    tokens = re.compile(r'["\[\]{}]')
-    string_end = re.compile(r'(?:[^"\\]|\\.)*"', re.S)
-    while True:
-        m = tokens.search(text, i)
-        if not m:
-            return True
-        c = m.group(0)
-        if c == '"':
-            end = string_end.match(text, m.end())
-            if not end:
-                return True
-            i = end.end()
-            continue
-        depth += 1 if c in "[{" else -1
-        i = m.end()
-        if depth == base and c in "]}" or depth < base:
-            return False
-
-
 def detect_format(path, registry=None) -> str:
     """The first format (in plugin call order) whose ``sniff`` says yes.
 
@@ -148,9 +54,9 @@ def detect_format(path, registry=None) -> str:
     """
     registry = registry or get_registry()
     path = check_path(path)
-    raw, head = sniff_head(path)
-    diagnose_container(path, raw)
-    if path.stat().st_size <= SNIFF_BYTES:
+    raw, head = readers.sniff_head(path)
+    readers.diagnose_container(path, raw)
+    if path.stat().st_size <= readers.SNIFF_BYTES:
         bare = head.lstrip("\ufeff").strip()
         if not bare:
             raise UserError(f"{path.name}: the file holds only whitespace; add at least one example")
@@ -162,77 +68,7 @@ def detect_format(path, registry=None) -> str:
                 return name
         except Exception:  # noqa: BLE001 - a broken sniffer must not hide the others
             continue
-    raise UserError(_unknown_format(path, head, registry))
-
-
-def _unknown_format(path, head: str, registry) -> str:
-    """Why no format claimed the file: what it looks like, and what to do."""
-
-    names = ", ".join(registry.items("data_formats"))
-    bare = head.lstrip("\ufeff").strip()
-    small = path.stat().st_size <= SNIFF_BYTES
-    if small:
-        try:
-            value = json.loads(bare)
-        except ValueError:
-            value = ...
-        except RecursionError:
-            return (f"{path.name}, row 1: nested too deeply (thousands of levels of brackets); a record holds "
-                    "strings and short lists, so the file is probably damaged or not a data set")
-        if value is None or isinstance(value, (bool, int, float, str)):
-            kind = "null" if value is None else ("a true/false value" if isinstance(value, bool) else
-                                                 "a single string" if isinstance(value, str) else "a number")
-            return (f"{path.name}: the file holds {kind} ({bare[:40]}), not records; a data set is a JSON array of "
-                    "records or one JSON object per line")
-        if value == {}:
-            return (f"{path.name}: the file is an empty JSON object {{}}, with no records; a data set is a JSON "
-                    "array of records or one JSON object per line")
-    if _looks_like_yaml(path, bare):
-        return (f"{path.name}: the file looks like YAML, which TuneLab does not read as data; convert it to "
-                "JSON lines, e.g. python -c \"import yaml, json, sys; [print(json.dumps(r)) for r in "
-                "yaml.safe_load(open(sys.argv[1]))]\" FILE > out.jsonl")
-    keys = _first_keys(bare)
-    wrapped = _wrapped_list(bare) if keys else None
-    if wrapped:
-        key, n = wrapped
-        return (f"{path.name}: the file is one JSON object holding {n} records under the key '{key}'; save just "
-                f"that list (the value of '{key}') as the file, or one record per line")
-    if keys:
-        return (f"{path.name}: the records have the keys {', '.join(keys[:8])}, which no installed format reads "
-                f"(installed: {names}); rename the keys (e.g. to instruction/output or messages) or choose a "
-                "format with --format")
-    return f"{path.name}: could not tell the format from its content; choose one with --format (installed: {names})"
-
-
-def _looks_like_yaml(path, bare: str) -> bool:
-    if path.suffix.lower() in (".yaml", ".yml") or bare.startswith("---"):
-        return True
-    lines = [ln for ln in bare.splitlines()[:20] if ln.strip() and not ln.lstrip().startswith("#")]
-    pattern = re.compile(r"^\s*(- )?[A-Za-z_][\w-]*: ")
-    return len(lines) >= 2 and sum(bool(pattern.match(ln)) for ln in lines) >= len(lines) // 2 + 1 \
-        and bool(re.match(r"^- [A-Za-z_][\w-]*: ", lines[0]))
-
-
-def _wrapped_list(bare: str):
-    """``(key, n)`` when the file is one object holding a list of records under one key."""
-    try:
-        value, end = json.JSONDecoder().raw_decode(bare)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(value, dict) or bare[end:].strip():
-        return None
-    lists = [(k, len(v)) for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
-    return lists[0] if len(lists) == 1 else None
-
-
-def _first_keys(bare: str) -> list[str]:
-
-    try:
-        text = bare[1:].lstrip() if bare.startswith("[") else bare
-        value, _ = json.JSONDecoder().raw_decode(text)
-    except (ValueError, RecursionError):
-        return []
-    return [str(k) for k in value] if isinstance(value, dict) else []
+    raise UserError(readers.unknown_format(path, head, list(registry.items("data_formats"))))
 
 
 def _user_error(path, format, exc) -> UserError:
@@ -246,12 +82,10 @@ def _user_error(path, format, exc) -> UserError:
 
 
 def _format_and_params(path, format, params, registry):
-    from .registry import resolve_params
-
     path = check_path(path)
     if format:
         with path.open("rb") as f:
-            diagnose_container(path, f.read(4096))
+            readers.diagnose_container(path, f.read(4096))
     format = format or detect_format(path, registry)
     fmt = registry.get("data_formats", format)
     try:
@@ -319,20 +153,16 @@ def read_records(path, format: str | None = None, params: dict | None = None, re
     """
     name, events = iter_events(path, format, params, registry)
     out = {"format": name, "records": [], "rows": [], "dropped": [], "warnings": []}
-    errors = []
-    for event in events:
-        if "error" in event:
-            errors.append({"row": event["row"], **event["error"]})
-            if len(errors) >= MAX_REPORTED:
-                break
-        elif "dropped" in event:
+    stream = readers.CappedEvents(events)
+    for event in stream:
+        if "dropped" in event:
             out["dropped"].append({"row": event["row"], "reason": event["dropped"]})
         else:
             out["records"].append(event["record"])
             out["rows"].append(event["row"])
         out["warnings"] += [{"row": event["row"], "message": w} for w in event.get("warnings") or ()]
-    if errors:
-        raise _row_errors(path, name, errors)
+    if stream.errors:
+        raise _row_errors(path, name, stream.errors)
     if not out["records"]:
         raise UserError(f"{Path(path).name}: no example is left to train on (read as format '{name}')"
                         + (f": {out['dropped'][0]['reason']}" if out["dropped"] else ""))
@@ -539,8 +369,6 @@ def prepare(path, tokenizer, max_length: int, format: str | None = None, params:
                         f"max_length={max_length}; raise max_length")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    from .config import split_sizes  # the one split rule, shared with the pages' step counts
-
     n_val = split_sizes(len(examples), val_fraction)[1]
     val = [examples[i] for i in order[:n_val]]
     train = [examples[i] for i in order[n_val:]]
@@ -643,16 +471,11 @@ def _scan(path, format, params, registry, report) -> None:
     name, events = iter_events(path, format, params, registry)
     report["format"] = name
     report["counts"] = {"empty": 0, "duplicates": 0, "dropped": 0, "warnings": 0}
-    seen, errors = {}, []
-    for event in events:
+    seen, stream = {}, readers.CappedEvents(events)
+    for event in stream:
         row = event["row"]
         for message in event.get("warnings") or ():
             _note(report, "warnings", {"row": row, "message": message})
-        if "error" in event:
-            errors.append({"row": row, **event["error"]})
-            if len(errors) >= MAX_REPORTED:
-                break
-            continue
         report["records"] += 1
         if "dropped" in event:
             _note(report, "dropped", {"row": row, "reason": event["dropped"]})
@@ -685,8 +508,8 @@ def _scan(path, format, params, registry, report) -> None:
             _note(report, "warnings", {"row": row, "message": (
                 f"a {size:,}-character record (about {size // 4:,} tokens): it will be cut to "
                 f"max_length={report['max_length']} tokens, so most of it is never trained on")})
-    if errors:
-        raise _row_errors(path, name, errors)
+    if stream.errors:
+        raise _row_errors(path, name, stream.errors)
     if not report["kept"]:
         reason = f": {report['dropped'][0]['reason']}" if report["dropped"] else ""
         raise UserError(f"{Path(path).name}: no example is left to train on (read as format '{name}'){reason}")

@@ -20,6 +20,10 @@ from pathlib import Path
 
 from .errors import UserError
 from .registry import get_registry, resolve_params
+from . import models, runs
+from .data import encode_messages, load_records
+from .generate import generate_batch
+from .machine import Precision, resolve_precision
 
 REPORT = Path("eval") / "report.json"
 
@@ -32,8 +36,6 @@ def load_samples(path, format: str | None = None, limit: int | None = None, para
     that turn's content, ``messages`` the conversation through it (what
     perplexity scores). Records without an assistant answer (raw text) are skipped.
     """
-    from .data import load_records
-
     dataset, fmt = load_records(path, format, params, registry=registry)
     samples = []
     for record in dataset:
@@ -70,16 +72,11 @@ def evaluate_model(model, tokenizer, samples: list[dict], evaluators=None, sampl
     "samples": [{"prompt", "question", "reference", "answer", "scores": {evaluator: value}}],
     "evaluators": {name: {"higher_is_better", "description"}}, "settings": {...}}``.
     """
-    from .generate import generate_batch  # torch: here, so reading a saved report needs none
-
     registry = registry or get_registry()
     names = list(evaluators) if evaluators is not None else list(registry.items("evaluators"))
     # A user's mistake (unknown name, bad param) stops here, before minutes of generation.
     plugins = {name: registry.get("evaluators", name) for name in names}
     settings = {name: resolve_params(p.params, (evaluator_params or {}).get(name)) for name, p in plugins.items()}
-    from .machine import resolve_precision
-    from .train import Precision
-
     device = next(model.parameters()).device
     asked, precision = precision, resolve_precision(precision, device.type)
     if asked == "auto" and precision == "fp16":
@@ -153,10 +150,8 @@ def evaluate_run(run_dir, data_path=None, evaluators=None, sampler: str = "greed
     """
     import datetime as dt
 
-    from . import models, runs
-
     run_dir = Path(run_dir)
-    cfg = runs.load_config(run_dir)
+    cfg = runs.run_config(run_dir)
     if not (run_dir / "final").is_dir():
         raise UserError(f"{run_dir} has no final/ model yet: evaluate after training finishes "
                         f"(or resume it: python -m core resume {run_dir})")
@@ -259,8 +254,6 @@ def with_comparison(report: dict | None) -> dict | None:
 
 def _encoder(tokenizer, max_length: int):
     """``encode(messages) -> {input_ids, labels}`` masked exactly as in training (for perplexity)."""
-    from .data import encode_messages
-
     return lambda messages: encode_messages(messages, tokenizer, max_length)
 
 

@@ -16,10 +16,14 @@ No Streamlit here: the dashboard wraps these (``st.write_stream`` for streaming)
 from __future__ import annotations
 
 import threading
-
-import torch
+from typing import TYPE_CHECKING
 
 from .registry import get_registry, resolve_params
+
+# torch is imported inside the functions that run a model: the CLI checks a sampler and its settings
+# (and refuses a bad one) in a fraction of a second, before torch would have loaded.
+if TYPE_CHECKING:
+    import torch
 
 # What generate() passes under the sampler's own kwargs. transformers fills any setting
 # left out from the model's generation_config.json (Qwen ships top_k=20, top_p=0.8,
@@ -102,6 +106,8 @@ def decoding_arguments(tokenizer, sampler: str = "greedy", params: dict | None =
 def generate_arguments(model, tokenizer, prompt, sampler: str = "greedy", params: dict | None = None,
                        max_new_tokens: int = 200, system: str | None = None, registry=None) -> dict:
     """Everything :func:`generate` passes to ``model.generate`` (inputs included), for tests and the curious."""
+    import torch
+
     input_ids = build_prompt(tokenizer, prompt, system).to(_device(model))
     # The all-ones attention mask is passed so generate() never guesses it from pad ids: a guess
     # would hide every pad = EOS id inside the prompt (each earlier <|im_end|>) from the model.
@@ -119,6 +125,8 @@ def generate(model, tokenizer, prompt, sampler: str = "greedy", params: dict | N
     ``seed`` makes sampling reproducible. With ``stream=True`` it returns an iterator of
     text pieces as they are produced (for ``st.write_stream``) instead of a string.
     """
+    import torch
+
     kwargs = generate_arguments(model, tokenizer, prompt, sampler, params, max_new_tokens, system, registry)
     if stream and kwargs["num_beams"] == 1:
         return _stream(model, tokenizer, kwargs, seed)
@@ -140,6 +148,8 @@ def generate_batch(model, tokenizer, prompts: list, sampler: str = "greedy", par
     every answer starts at the same position, and the attention mask hides the pads.
     ``progress(done, total)`` is called after each batch.
     """
+    import torch
+
     kwargs = decoding_arguments(tokenizer, sampler, params, max_new_tokens, registry)
     pad = kwargs["pad_token_id"] if kwargs["pad_token_id"] is not None else 0
     device = _device(model)
@@ -160,6 +170,7 @@ def generate_batch(model, tokenizer, prompts: list, sampler: str = "greedy", par
 
 def _stream(model, tokenizer, kwargs: dict, seed: int):
     """Run generate() in a thread and yield its text as the streamer receives tokens."""
+    import torch
     from transformers import TextIteratorStreamer
 
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -237,6 +248,8 @@ def next_token_distribution(model, tokenizer, prompt, sampler: str = "greedy", p
     at several candidates, see its help). ``other_*`` is the mass outside the shown
     tokens, ``kept`` how many tokens of the whole vocabulary can still be picked.
     """
+    import torch
+
     kwargs, extra = sampler_settings(sampler, params, registry)
     input_ids = build_prompt(tokenizer, prompt, system)
     if prefix:

@@ -6,9 +6,11 @@ and the pages. torch is imported inside the functions, so importing this module 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import UserError
+from .limits import memory_limit, memory_used
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 # CPU flags of native bf16 maths (x86): AVX-512 BF16 dot products, or AMX tiles. Without them
@@ -98,12 +100,31 @@ def machine_memory() -> dict:
     return info
 
 
-def available_for_training() -> tuple[int, str]:
-    """(bytes training can use, where): the GPU's memory when there is one, else free RAM."""
-    info = machine_memory()
+def available_for_training(info: dict | None = None) -> tuple[int, str]:
+    """(bytes training can use, where): the GPU's memory when there is one, else free RAM, and in a
+    container (a cgroup memory limit, e.g. Streamlit Cloud's 2.7 GB) no more than what its limit leaves.
+
+    The one owner of "what this machine has": the Memory page, the queue and the CLI all ask here.
+    """
+    info = info or machine_memory()
     if info["cuda"]:
         return info["gpu_total"], f"GPU memory ({info['gpu_name']})"
-    return info["ram_available"], "free RAM"
+    available, where = info["ram_available"], "free RAM"
+    limit = memory_limit()
+    if limit is not None:  # a container: its cap, not the host's RAM, is what we have
+        free_in_limit = max(0, limit - (memory_used() or 0))
+        if free_in_limit < available:
+            available, where = free_in_limit, f"this app's {limit / 2**30:.1f} GiB memory limit (cgroup)"
+    return available, where
+
+
+def machine_facts() -> dict:
+    """Everything the pages show about this machine: cores, RAM, GPU, the container's limit, and what
+    training may use (:func:`available_for_training`)."""
+    info = machine_memory()
+    available, where = available_for_training(info)
+    return {"cpu_cores": os.cpu_count() or 1, **info, "available": available, "where": where,
+            "memory_limit": memory_limit()}
 
 
 def fmt_bytes(n: float) -> str:
@@ -116,3 +137,24 @@ def fmt_bytes(n: float) -> str:
             return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
         n /= 1024
     return f"{sign}{n:.1f} TiB"
+
+
+class Precision:
+    """How the maths runs: ``torch.autocast`` to ``dtype`` (None = fp32), and fp16's grad scaler.
+
+    Mixed precision keeps the fp32 weights (the master copy AdamW updates) and runs matrix
+    multiplies in 16 bits. fp16's narrow range needs the loss scaled up before backward and the
+    gradients scaled back before clipping; bf16 has fp32's range and needs no scaler.
+    """
+
+    def __init__(self, precision: str, device):
+        import torch
+
+        self.name, self.device_type = precision, torch.device(device).type
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=precision == "fp16")
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)

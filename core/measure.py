@@ -23,6 +23,7 @@ from .config import RunConfig
 from .errors import UserError
 from .paths import REPO_ROOT
 from .machine import resolve_precision
+from . import train
 
 
 
@@ -122,8 +123,6 @@ def measure_step(cfg: RunConfig, steps: int = 2, model=None, device: str | None 
     many small tensors; ``MALLOC_MMAP_THRESHOLD_=65536`` brings it to within 2% of the estimate).
     """
     import torch
-
-    from . import train
 
     precision_name = resolve_precision(cfg.precision)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

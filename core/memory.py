@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import copy
 
-from .machine import fmt_bytes, resolve_precision
-# re-exported for the dashboard pages until they call core.engine (the probe lives in core.machine)
-from .machine import available_for_training, machine_memory  # noqa: F401
+from .machine import PRECISIONS, fmt_bytes, resolve_precision
+from .models import _adapter_base, default_lora_targets, resolve
 
 GPT2_LIKE = ("gpt2", "gpt_bigcode", "gpt_neo")
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 # -- the model's shape, without its weights --------------------------------------------------
@@ -54,8 +52,6 @@ def _config(model_or_config):
         return model_or_config.config
     if isinstance(model_or_config, str):
         from transformers import AutoConfig
-
-        from .models import _adapter_base, resolve
 
         where = resolve(model_or_config)
         return AutoConfig.from_pretrained(_adapter_base(where) or where)
@@ -196,8 +192,6 @@ def estimate(model_or_config, method: str = "full", precision: str = "fp32", bat
     config = _config(model_or_config)
     shape = _shape(config)
     params, matmul, linears = _linear_shapes(config)
-    from .train import default_lora_targets
-
     targets = list(lora_target_modules or default_lora_targets(shape["model_type"]))
     if method == "lora":
         # peft matches a target against the end of a module's name; here, against the last part.
@@ -239,6 +233,19 @@ def estimate(model_or_config, method: str = "full", precision: str = "fp32", bat
             "lora_target_modules": targets if method == "lora" else [], "lora_dropout": lora_dropout,
             "optimizer_name": optimizer, "master_weights": master_weights,
             "model_type": shape["model_type"], "config": config.to_dict()}
+
+
+def estimate_run(cfg) -> dict:
+    """The memory a run of ``cfg`` (a :class:`~core.config.RunConfig`) needs at its peak: :func:`estimate`
+    with every setting of the run that changes it (method, precision as the run resolves it here, batch,
+    length, checkpointing, the LoRA rank, targets and dropout).
+
+    The one owner of "what a run needs": the Memory page, the queue's admission and the CLI all ask here.
+    """
+    return estimate(cfg.model, method=cfg.method, precision=resolve_precision(cfg.precision),
+                    batch_size=cfg.batch_size, max_length=cfg.max_length,
+                    gradient_checkpointing=cfg.gradient_checkpointing, lora_r=cfg.lora.r,
+                    lora_target_modules=cfg.lora.target_modules or None, lora_dropout=cfg.lora.dropout)
 
 
 def verdict(total_bytes: int, available_bytes: int) -> str:
@@ -295,26 +302,3 @@ def oom_advice(estimate_dict: dict, available_bytes: int) -> list[str]:
             advice.append(f"Or load the model in bf16 and train it in pure bf16 (no fp32 master copy; small updates "
                           f"can get lost): saves {fmt_bytes(s)}.")
     return [line for line in advice if "saves -" not in line and "saves 0 B" not in line]
-
-
-# -- names the pages still import from here -------------------------------------------------
-# Thin aliases that keep the dashboard pages working until they call core.engine instead.
-
-
-def default_lora_targets(model_type: str) -> list[str]:
-    """Alias of :func:`core.train.default_lora_targets`."""
-    from .train import default_lora_targets as targets
-
-    return targets(model_type)
-
-
-def measure_step(model_name_or_model, method: str = "full", precision: str = "auto", batch_size: int = 4,
-                 max_length: int = 256, gradient_checkpointing: bool = False, lora_r: int = 16,
-                 steps: int = 2) -> dict:
-    """Alias of :func:`core.measure.measure_step`, taking the estimate's keyword arguments."""
-    from .measure import measure_step as measure, settings_config
-
-    name = model_name_or_model if isinstance(model_name_or_model, str) else None
-    cfg = settings_config(name or "embedded", method=method, precision=precision, batch_size=batch_size,
-                          max_length=max_length, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r)
-    return measure(cfg, steps=steps, model=None if name else model_name_or_model)

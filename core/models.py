@@ -281,3 +281,16 @@ def make_tiny_model(folder: str | os.PathLike, vocab_from: str | None = None, se
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def default_lora_targets(model_type: str) -> list[str]:
+    """The modules LoRA adapts by default: the attention projections, as in the LoRA paper.
+
+    Adapting the MLP too (``gate_proj``, ``up_proj``, ``down_proj``) adds capacity and memory;
+    set ``lora.target_modules`` to choose.
+    """
+    if model_type in ("gpt2", "gpt_bigcode", "gpt_neo"):
+        return ["c_attn", "c_proj"]  # GPT-2 fuses q, k, v into c_attn; c_proj matches attention and MLP outputs
+    if model_type == "phi3":
+        return ["qkv_proj", "o_proj"]
+    return ["q_proj", "k_proj", "v_proj", "o_proj"]

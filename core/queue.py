@@ -28,7 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import runs
+import psutil
+
+from . import machine, memory, runs, workers
 from .errors import UserError
 
 SLOTS_DIR = ".slots"
@@ -59,13 +61,8 @@ def configured_max() -> int | None:
 def run_need(cfg) -> int | None:
     """Bytes a run of ``cfg`` is estimated to need at its peak (None if it cannot be estimated:
     such a run fails on its own, with its own error, soon after it starts)."""
-    from . import memory
-
     try:
-        est = memory.estimate(cfg.model, method=cfg.method, precision=cfg.precision, batch_size=cfg.batch_size,
-                              max_length=cfg.max_length, gradient_checkpointing=cfg.gradient_checkpointing,
-                              lora_r=cfg.lora.r, lora_target_modules=cfg.lora.target_modules or None,
-                              lora_dropout=cfg.lora.dropout)
+        est = memory.estimate_run(cfg)
     except Exception:  # noqa: BLE001 - a missing model or odd config is train()'s to report
         return None
     return int(est["total"])
@@ -93,23 +90,12 @@ def held_slots(folder: Path) -> list[dict]:
     return held
 
 
-def _machine():
-    """The module that reads the machine's memory (``core.machine``; ``core.memory`` before it moved)."""
-    try:
-        from . import machine
-    except ImportError:
-        from . import memory as machine
-    return machine
-
-
 def memory_budget(held: list[dict]) -> tuple[int, str]:
     """(bytes the workers of this store may use together, where): the GPU's memory, or free RAM
     plus what the slot holders already hold (they are part of the budget, not outside it)."""
-    available, where = _machine().available_for_training()
+    available, where = machine.available_for_training()
     if where.startswith("GPU"):
         return available, where
-    import psutil
-
     for h in held:
         with contextlib.suppress(psutil.Error, TypeError, ValueError):
             available += psutil.Process(int(h["pid"])).memory_info().rss
@@ -123,13 +109,12 @@ def admissible(need: int | None, held: list[dict]) -> tuple[bool, str]:
         return False, f"all {len(held)} training slot(s) are busy (TUNELAB_MAX_WORKERS={cap or MAX_SLOTS})"
     if cap is not None or not held:
         return True, ""
-    fmt_bytes = _machine().fmt_bytes
     budget, where = memory_budget(held)
     used = sum(int(h.get("need") or 0) for h in held)
     if used + (need or 0) <= budget:
         return True, ""
-    return False, (f"memory: {len(held)} running run(s) need {fmt_bytes(used)} and this one "
-                   f"{fmt_bytes(need or 0)}, of {fmt_bytes(budget)} of {where}")
+    return False, (f"memory: {len(held)} running run(s) need {machine.fmt_bytes(used)} and this one "
+                   f"{machine.fmt_bytes(need or 0)}, of {machine.fmt_bytes(budget)} of {where}")
 
 
 @contextlib.contextmanager
@@ -153,7 +138,7 @@ def _take_slot(folder: Path, run_dir: Path, need: int | None) -> int | None:
             continue
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "run_dir": str(run_dir), "need": need}).encode(), 0)
-        runs._held_locks.append(fd)  # released by the OS when this worker exits
+        workers.hold(fd)  # released by the OS when this worker exits
         return k
     return None
 

@@ -33,21 +33,16 @@ import itertools
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
+import shutil
 import time
 from pathlib import Path
 
-from . import standby
+from .config import RunConfig, load_config
 from .errors import UserError
-from .paths import REPO_ROOT, runs_root
+from .paths import runs_root
 
 ACTIVE = ("queued", "running", "stopping")
 LOCK_NAME = "worker.lock"
-LOCK_FD_ENV = "TUNELAB_WORKER_LOCK_FD"  # launch() hands its lock to the worker through this fd
-EXIT_GRACE_S = 20.0
-_held_locks: list[int] = []  # lock fds this process keeps open (= holds) until it exits
 
 
 def safe_run_id(name: str | None = None) -> str:
@@ -97,13 +92,13 @@ def now() -> str:
 def write_status(run_dir, **fields) -> dict:
     """Merge ``fields`` into ``status.json`` (atomically)."""
     path = Path(run_dir) / "status.json"
-    status = _read_json(path) or {}
+    status = read_json(path) or {}
     status.update(fields, updated_at=now())
     write_atomic(path, json.dumps(status, indent=2))
     return status
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -112,7 +107,7 @@ def _read_json(path: Path):
 
 def pid_alive(pid) -> bool:
     """Whether ``pid`` names a running (not zombie) process. Refuses non-ints and pids <= 1."""
-    if not _valid_pid(pid):
+    if not valid_pid(pid):
         return False
     try:
         os.kill(int(pid), 0)
@@ -125,44 +120,9 @@ def pid_alive(pid) -> bool:
         return True
 
 
-def _valid_pid(pid) -> bool:
+def valid_pid(pid) -> bool:
     # 0, -1 and negative pids signal process groups or every process: never a worker's pid
     return isinstance(pid, int) and not isinstance(pid, bool) and pid > 1
-
-
-# -- one worker per run: worker.lock -------------------------------------------------------------
-def _lock(fd: int, attempts: int = 10) -> bool:
-    """Take an exclusive flock without waiting for a holder. A reader's probe (:func:`worker_alive`)
-    holds a shared lock for microseconds, so a few quick retries tell it from a live worker."""
-    for i in range(attempts):
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if i < attempts - 1:
-                time.sleep(0.03)
-    return False
-
-
-def _lock_run(fd: int, run_dir: Path) -> bool:
-    """:func:`_lock` for a run's worker.lock. A worker that has written its final state is
-    exiting (saving, tearing torch down): wait for it a little rather than refuse."""
-    if _lock(fd):
-        return True
-    state = (_read_json(Path(run_dir) / "status.json") or {}).get("state")
-    if state in ACTIVE:
-        return False
-    deadline = time.time() + EXIT_GRACE_S
-    while time.time() < deadline:
-        if _lock(fd, attempts=1):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _write_lock_pid(fd: int, pid: int) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{pid}\n".encode(), 0)
 
 
 def worker_alive(run_dir) -> bool:
@@ -180,95 +140,6 @@ def worker_alive(run_dir) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-def worker_pid(run_dir) -> int | None:
-    """The pid of this run's live worker, verified, or None: what it is safe to signal.
-
-    Verified three ways: ``worker.lock`` is held, it names the pid (> 1), and that process's
-    command line is ``... core ...`` naming this run's folder. A pid written into
-    ``status.json`` (a crafted ``-1`` would signal every process) is never trusted alone.
-    """
-    run_dir = Path(run_dir).resolve()
-    if not worker_alive(run_dir):
-        return None
-    try:
-        pid = int((run_dir / LOCK_NAME).read_text().strip() or 0)
-    except (OSError, ValueError):
-        return None
-    if not _valid_pid(pid) or not pid_alive(pid):
-        return None
-    return pid if _is_worker_of(pid, run_dir) else None
-
-
-def _is_worker_of(pid: int, run_dir: Path) -> bool:
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        cmdline, cwd = proc.cmdline(), Path(proc.cwd())
-    except (psutil.Error, OSError):
-        return False
-    if "core" not in cmdline:  # python -m core ... / accelerate launch -m core ...
-        return False
-    if "standby" in cmdline:  # started ahead (core.standby): it holds this run's lock open
-        return _holds_open(proc, run_dir / LOCK_NAME)
-    for arg in cmdline:
-        path = (cwd / arg).resolve() if arg and not arg.startswith("-") else None
-        if path is not None and (path == run_dir or run_dir in path.parents):
-            return True
-    return False
-
-
-def _holds_open(proc, path: Path) -> bool:
-    import psutil
-
-    try:
-        return any(Path(f.path) == path for f in proc.open_files())
-    except (psutil.Error, OSError):
-        return False
-
-
-def claim_worker(run_dir) -> bool:
-    """Make this process the run's one worker, for as long as it lives; UserError if another is.
-
-    Takes ``worker.lock`` (or adopts the one :func:`launch` took and passed down) and keeps
-    it open until the process exits, when the OS releases it - a ``kill -9`` included.
-    Returns True when the lock came from :func:`launch`. Only the main process of a
-    multi-process (``accelerate launch``) run takes it.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / LOCK_NAME
-    inherited = os.environ.pop(LOCK_FD_ENV, None)
-    if inherited:
-        fd = int(inherited)
-        try:
-            if os.fstat(fd).st_ino != os.stat(path).st_ino:
-                raise OSError("not this run's lock")
-        except OSError:
-            inherited = None  # not ours (another run's, or closed): take the lock ourselves
-        else:
-            os.set_inheritable(fd, False)  # our own subprocesses must not keep the run locked
-    if not inherited:
-        if os.environ.get("RANK", "0") != "0":
-            return False  # rank 0 holds the lock for the whole multi-GPU run
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _lock_run(fd, run_dir):
-            os.close(fd)
-            raise UserError(_busy(run_dir))
-    _write_lock_pid(fd, os.getpid())
-    _held_locks.append(fd)
-    return bool(inherited)
-
-
-def _busy(run_dir: Path) -> str:
-    try:
-        pid = int((run_dir / LOCK_NAME).read_text().strip() or 0)
-    except (OSError, ValueError):
-        pid = 0
-    who = f" (pid {pid})" if pid else ""
-    return (f"run {run_dir.name} already has a live worker{who}; wait for it to end, or stop it with "
-            f"`python -m core stop {run_dir}` and then resume it")
 
 
 def _same_process(pid: int, started_at: str | None) -> bool:
@@ -293,13 +164,13 @@ def read_status(run_dir, waiters=None) -> dict:
     ``waiters`` is :func:`waiting_runs` computed once by a caller reading many runs.
     """
     run_dir = Path(run_dir)
-    status = _read_json(run_dir / "status.json")
+    status = read_json(run_dir / "status.json")
     if status is None:
         raise UserError(f"{run_dir} is not a run folder (no status.json)")
     checkpoint = latest_checkpoint(run_dir)
     if status.get("state") in ACTIVE and "remote" not in status:  # a mirrored remote run's worker is elsewhere
         pid, alive = status.get("pid"), worker_alive(run_dir)
-        if not alive and _valid_pid(pid):  # a train() called in-process holds no lock
+        if not alive and valid_pid(pid):  # a train() called in-process holds no lock
             alive = pid_alive(pid) and _same_process(pid, status.get("started_at"))
         age = (dt.datetime.now() - dt.datetime.fromisoformat(status.get("updated_at", now()))).total_seconds()
         # launch() holds the lock from before it writes launched_at until its worker exits
@@ -325,7 +196,7 @@ def waiting_runs(root) -> list[tuple[float, str]]:
     first in line first. A worker that died while waiting holds no lock and is not counted."""
     out = []
     for path in Path(root).glob("*/status.json"):
-        status = _read_json(path)
+        status = read_json(path)
         if (status and status.get("state") == "queued" and status.get("queued_at") is not None
                 and status.get("slot") is None and worker_alive(path.parent)):
             out.append((float(status["queued_at"]), path.parent.name))
@@ -339,7 +210,7 @@ def queue_position(run_dir, status=None, waiters=None) -> int | None:
     joined the queue. A queued run whose worker has not joined yet counts everyone waiting.
     """
     run_dir = Path(run_dir)
-    status = status or _read_json(run_dir / "status.json") or {}
+    status = status or read_json(run_dir / "status.json") or {}
     if status.get("state") != "queued" or status.get("slot") is not None:
         return None
     waiters = waiting_runs(run_dir.parent) if waiters is None else waiters
@@ -358,7 +229,7 @@ def can_control(run_dir, owner: str | None) -> bool:
     in a shared deployment, only the session recorded as its owner by :func:`create_run`."""
     if not shared_deployment():
         return True
-    status = _read_json(Path(run_dir) / "status.json") or {}
+    status = read_json(Path(run_dir) / "status.json") or {}
     return owner is not None and status.get("owner") == owner
 
 
@@ -417,8 +288,6 @@ def checkpoints(run_dir) -> list[Path]:
 
 def remove_partial_checkpoints(run_dir) -> None:
     """Drop ``step-N.tmp`` folders a worker killed in the middle of saving left behind."""
-    import shutil
-
     for partial in (Path(run_dir) / "checkpoints").glob("step-*.tmp"):
         shutil.rmtree(partial, ignore_errors=True)
 
@@ -428,80 +297,9 @@ def latest_checkpoint(run_dir) -> Path | None:
     return found[-1] if found else None
 
 
-def load_config(run_dir):
-    from .config import load_config as _load
-
-    return _load(Path(run_dir) / "config.yaml")
-
-
-def launch(run_dir, resume: bool = False) -> int:
-    """Start the training worker as its own process (and session): a closed tab or a Streamlit
-    rerun must not stop it. Its output goes to ``log.txt``. Returns the pid.
-
-    Takes the run's ``worker.lock`` first (UserError if a worker holds it) and hands it to the
-    child, so there is no moment between two launches where both could start a worker.
-    """
-    run_dir = Path(run_dir).resolve()
-    read_status(run_dir)  # a run folder, or a clear error
-    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if not _lock_run(fd, run_dir):
-            raise UserError(_busy(run_dir))
-        (run_dir / "STOP").unlink(missing_ok=True)
-        # before the child exists: afterwards only the worker writes its state
-        write_status(run_dir, state="queued", pid=None, error=None, slot=None, queued_at=None,
-                     waiting_for=None, launched_at=now())
-        cmd = [sys.executable, "-m", "core", "resume" if resume else "train"]
-        cmd += [str(run_dir)] if resume else [str(run_dir / "config.yaml"), "--run-dir", str(run_dir)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **{LOCK_FD_ENV: str(fd)})
-        with (run_dir / "log.txt").open("a", encoding="utf-8") as log:  # the child keeps its own copy
-            pid = standby.hand_over(cmd[3:], fd, log.fileno())  # a worker started ahead, if one waits
-            if pid is None:
-                proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,),
-                                        stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-                if standby.enabled():
-                    standby.watch(proc)  # reaped when it exits, then a standby for the next Start
-                pid = proc.pid
-        _write_lock_pid(fd, pid)
-    finally:
-        os.close(fd)  # the child's copy keeps the lock held
-    return pid
-
-
-def start(config, name: str | None = None, root=None, owner: str | None = None) -> Path:
-    """Create a run and launch its worker: what the Fine-tune page's Start button does."""
-    run_dir = create_run(config, name, root, owner=owner)
-    try:
-        launch(run_dir)
-    except OSError as exc:
-        write_status(run_dir, state="failed", error=f"could not start the worker: {exc}")
-        raise UserError(f"could not start the training worker: {exc}") from None
-    return run_dir
-
-
-def request_stop(run_dir) -> None:
-    """Ask the worker to save a checkpoint and stop (it checks after every optimizer step;
-    a queued worker stops waiting at once).
-
-    Only a STOP file and SIGTERM, and the signal only to the verified live worker
-    (:func:`worker_pid`): the worker itself writes the final state, so a reader
-    never sees a stop request overwrite a run that has just finished.
-    """
-    run_dir = Path(run_dir)
-    status = read_status(run_dir)
-    if status.get("state") not in ACTIVE:
-        raise UserError(f"run {run_dir.name} is not running (state: {status.get('state')})")
-    pid = status.get("pid")
-    if not worker_alive(run_dir) and not (_valid_pid(pid) and pid_alive(pid)):
-        write_status(run_dir, state="stopped")  # no worker started yet: nothing to wait for
-        return
-    (run_dir / "STOP").write_text(now())
-    worker = worker_pid(run_dir)
-    if worker is not None:
-        try:
-            os.kill(worker, signal.SIGTERM)
-        except OSError:
-            pass
+def run_config(run_dir) -> RunConfig:
+    """The RunConfig a run trains with (its own ``config.yaml``)."""
+    return load_config(Path(run_dir) / "config.yaml")
 
 
 def list_runs(root=None) -> list[dict]:

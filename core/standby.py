@@ -3,7 +3,8 @@
 A fresh worker (``python -m core train``) spends its first seconds importing torch,
 transformers and accelerate before it reads a single example. The dashboard's engine starts
 one *standby* worker ahead (:func:`prestart`): ``python -m core standby`` does those imports
-and waits. :func:`hand_over` (called by ``core.runs.launch``) gives it a run over a socket
+and waits (its half of the hand-over is ``cmd_standby`` in ``core/__main__.py``). :func:`hand_over`
+(called by ``core.workers.launch``) gives it a run over a socket
 pair, passing the run's ``worker.lock`` and ``log.txt`` descriptors, so the lock never leaves a
 holder; the standby then runs ``python -m core train|resume`` for that run, in its own process,
 exactly as a fresh worker would. The next standby starts when that worker exits.
@@ -21,13 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 from .paths import REPO_ROOT
 
@@ -174,64 +173,3 @@ def _reap(proc) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-# -- the standby process -------------------------------------------------------------------------
-def warm_up() -> None:
-    """What every worker would do first: import the engine's packages and the embedded model's code."""
-    import accelerate  # noqa: F401
-    import torch  # noqa: F401
-    import transformers
-    from transformers import AutoModelForCausalLM  # noqa: F401
-
-    from . import data, models, queue, runs, train  # noqa: F401
-    from .machine import resolve_precision
-
-    # the thread pool and the matrix kernels' first-use set-up, which a first step would pay for
-    x = torch.randn(64, 64, requires_grad=True)
-    with train.Precision(resolve_precision("auto"), "cpu").autocast():
-        (x @ x).float().sum().backward()
-
-    try:  # the model code (modeling_llama for SmolLM2) is imported on first use: do it now
-        config = transformers.AutoConfig.from_pretrained(models.resolve(models.EMBEDDED))
-        for arch in config.architectures or []:
-            getattr(transformers, arch, None)
-        models.load_tokenizer(models.EMBEDDED)
-    except Exception:  # noqa: BLE001 - not converted yet, or another default: the worker loads what it needs
-        pass
-
-
-def serve(fd: int) -> int:
-    """``python -m core standby --fd N``: warm up, say ready, wait for one run, then be its worker."""
-    sock = socket.socket(fileno=fd)
-    starter = os.getppid()
-    warm_up()
-    sock.sendall(b"ready\n")
-    deadline = time.time() + float(os.environ.get("TUNELAB_STANDBY_IDLE_S") or 1800)
-    while not select.select([sock], [], [], 1.0)[0]:
-        if os.getppid() != starter or time.time() > deadline:
-            return 0  # the dashboard is gone, or nobody pressed Start: free the memory
-    try:
-        message, fds, _flags, _addr = socket.recv_fds(sock, 65536, 2)
-    except OSError:
-        return 0
-    if not message or len(fds) != 2:
-        return 0  # the starter closed the socket: not needed
-    lock_fd, log_fd = fds
-    job = json.loads(message)
-    os.dup2(log_fd, 1)  # the run's log.txt, as a fresh worker's stdout and stderr would be
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
-    from .runs import LOCK_FD_ENV
-
-    os.environ.clear()
-    os.environ.update(job["env"], PYTHONUNBUFFERED="1")  # the starter's, as at Start
-    os.environ[LOCK_FD_ENV] = str(lock_fd)  # claim_worker adopts the lock, as from launch()
-    try:
-        sock.sendall(f"ok {os.getpid()}\n".encode())
-        sock.close()
-    except OSError:
-        return 0  # the starter gave up waiting and starts a fresh worker (it kills this one)
-    from .__main__ import main
-
-    return main(job["argv"])

@@ -37,6 +37,7 @@ import pytest
 
 from . import registry as _registry
 from .registry import Registry, resolve_params, validate_contribution
+from . import generate, models
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 
@@ -143,8 +144,6 @@ def check_sampler(sampler, model=None, tokenizer=None, max_new_tokens: int = 4, 
 
     Returns ``(generation kwargs, answer or None)``.
     """
-    from . import generate as gen
-
     validate_contribution("samplers", sampler)
     values = resolve_params(sampler.params, params)
     kwargs = sampler.generation_kwargs(**values)
@@ -157,9 +156,9 @@ def check_sampler(sampler, model=None, tokenizer=None, max_new_tokens: int = 4, 
     answer = None
     if model is not None and tokenizer is not None:
         with registered(plugin_for("samplers", sampler), name=f"check-{sampler.name}") as reg:
-            answer = gen.generate(model, tokenizer, "Hello!", sampler.name, values, max_new_tokens, registry=reg)
+            answer = generate.generate(model, tokenizer, "Hello!", sampler.name, values, max_new_tokens, registry=reg)
             assert isinstance(answer, str)
-            dist = gen.next_token_distribution(model, tokenizer, "Hello!", sampler.name, values, top=5,
+            dist = generate.next_token_distribution(model, tokenizer, "Hello!", sampler.name, values, top=5,
                                                registry=reg)
             assert dist["kept"] >= 1, "the sampler left no token to pick"
             assert all(0.0 <= p <= 1.0 + 1e-6 for p in dist["after"])
@@ -207,16 +206,12 @@ def register_plugin():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A folder holding a tiny random Llama and the embedded tokenizer (offline, built once)."""
-    from . import models
-
     return models.make_tiny_model(tmp_path_factory.mktemp("tunelab-tiny") / "model")
 
 
 @pytest.fixture(scope="session")
 def tiny_model_and_tokenizer(tiny_model_dir):
     """``(model, tokenizer)`` loaded from :func:`tiny_model_dir`."""
-    from . import models
-
     return models.load_model(tiny_model_dir)
 
 

@@ -28,8 +28,11 @@ from pathlib import Path
 from . import data, models, runs
 from .config import RunConfig
 from .errors import UserError
-from .machine import auto_precision, resolve_precision
+from .machine import Precision, auto_precision, resolve_precision
+from .models import default_lora_targets
+from .plan import lr_factor, lr_schedule_at, warmup_steps
 from .registry import get_registry
+from . import fused
 
 OOM_LADDER = (
     "Ran out of memory. Change, in this order: "
@@ -50,53 +53,7 @@ PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo", "olmo2", 
               "starcoder2", "stablelm")
 
 
-# -- the learning-rate schedule -------------------------------------------------------------
-def lr_factor(step: int, total_steps: int, warmup_steps: int, scheduler: str) -> float:
-    """Multiplier of the peak lr for optimizer step ``step`` (0-based): linear warm-up, then decay."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if scheduler == "constant":
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if scheduler == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return max(0.0, 1.0 - progress)  # linear
-
-
-def warmup_steps(cfg: RunConfig, total_steps: int) -> int:
-    """Optimizer steps spent ramping the learning rate up: ``warmup_ratio`` of them, rounded up."""
-    return math.ceil(cfg.warmup_ratio * total_steps)
-
-
-def lr_schedule_at(cfg: RunConfig, total_steps: int, step: int) -> float:
-    """The lr used by optimizer step ``step`` (0-based), as logged in ``metrics.jsonl``."""
-    return cfg.lr * lr_factor(step, total_steps, warmup_steps(cfg, total_steps), cfg.scheduler)
-
-
-def lr_schedule(cfg: RunConfig, total_steps: int) -> list[float]:
-    """The learning rate used at each optimizer step: what the Set-up page charts."""
-    return [lr_schedule_at(cfg, total_steps, s) for s in range(total_steps)]
-
-
-def estimate_seconds(cfg: RunConfig, n_train: int, median_tokens: float, tokens_per_s: float) -> float:
-    """Training time from a measured speed: steps x examples per step x tokens per example / speed."""
-    return cfg.total_steps(n_train) * cfg.batch_size * cfg.grad_accum * median_tokens / tokens_per_s
-
-
 # -- setting up --------------------------------------------------------------------------------
-def default_lora_targets(model_type: str) -> list[str]:
-    """The modules LoRA adapts by default: the attention projections, as in the LoRA paper.
-
-    Adapting the MLP too (``gate_proj``, ``up_proj``, ``down_proj``) adds capacity and memory;
-    set ``lora.target_modules`` to choose.
-    """
-    if model_type in ("gpt2", "gpt_bigcode", "gpt_neo"):
-        return ["c_attn", "c_proj"]  # GPT-2 fuses q, k, v into c_attn; c_proj matches attention and MLP outputs
-    if model_type == "phi3":
-        return ["qkv_proj", "o_proj"]
-    return ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
 def build_model(cfg: RunConfig, model=None, precision: str | None = None, device_type: str | None = None):
     """``(model, tokenizer)``: the pretrained model with LoRA adapters and checkpointing as configured.
 
@@ -106,8 +63,6 @@ def build_model(cfg: RunConfig, model=None, precision: str | None = None, device
     ``device_type`` where the model will train (default: where it was loaded). What was fused is
     in ``model.tunelab_fused`` (the run's ``status.json`` records it).
     """
-    from . import fused
-
     model, tokenizer = model or models.load_model(cfg.model)
     model.train()
     if cfg.gradient_checkpointing:
@@ -148,27 +103,6 @@ def build_scheduler(optimizer, cfg: RunConfig, total_steps: int):
 
     w = warmup_steps(cfg, total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, w, cfg.scheduler))
-
-
-class Precision:
-    """How the maths runs: ``torch.autocast`` to ``dtype`` (None = fp32), and fp16's grad scaler.
-
-    Mixed precision keeps the fp32 weights (the master copy AdamW updates) and runs matrix
-    multiplies in 16 bits. fp16's narrow range needs the loss scaled up before backward and the
-    gradients scaled back before clipping; bf16 has fp32's range and needs no scaler.
-    """
-
-    def __init__(self, precision: str, device):
-        import torch
-
-        self.name, self.device_type = precision, torch.device(device).type
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=precision == "fp16")
-
-    def autocast(self):
-        import torch
-
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
 
 def micro_batches(examples, cfg: RunConfig, pad_id: int, epoch: int, skip: int, rank: int = 0, world: int = 1):

@@ -15,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.errors import UserError
-from dashboard import state
+from dashboard import course, state
 
 REPO = Path(__file__).resolve().parent.parent
 HEALTH_TTL_S = 15  # how long the sidebar trusts its last look at the backend
@@ -222,7 +222,19 @@ def masked_tokens_html(pieces: list[str], labels: list[int]) -> str:
     return f'<div style="display:flex;flex-wrap:wrap;line-height:1.8">{"".join(spans)}</div>'
 
 
-def next_step(page: str, label: str, icon: str = ":material/arrow_forward:") -> None:
-    """A divider and a link to the next lesson, at the bottom of a page."""
+def go_to(page: str, label: str, icon: str = ":material/arrow_forward:") -> None:
+    """A divider and a link to another page, at the bottom of a page."""
     st.divider()
     st.page_link(page, label=label, icon=icon)
+
+
+def title(page_file: str) -> None:
+    """The page's title, from the lesson table (``dashboard/course.py``)."""
+    st.title(course.lesson(page_file).title)
+
+
+def next_step(page_file: str) -> None:
+    """The link to the lesson after this page's, from the lesson table (nothing after the last)."""
+    label = course.next_label(page_file)
+    if label:
+        go_to(course.following(page_file).path, label)

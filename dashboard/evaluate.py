@@ -136,8 +136,7 @@ def best_and_worst(report: dict) -> None:
 
 
 def page() -> None:
-    common.backend_badge()
-    st.title("6 · Evaluate")
+    common.title(__file__)
     st.markdown(
         "One good answer proves little. Evaluation runs both models over examples they never trained on and "
         "scores the answers with *evaluator* plugins (perplexity, overlap with the reference answer, and more), "
@@ -151,7 +150,7 @@ def page() -> None:
     if not finished:
         st.info("No finished run yet: train one on **4 · Fine-tune** (a few steps are enough to try this page).",
                 icon=":material/model_training:")
-        common.next_step("dashboard/fine_tune.py", "Go to 4 · Fine-tune", icon=":material/arrow_back:")
+        common.go_to("dashboard/fine_tune.py", "Go to 4 · Fine-tune", icon=":material/arrow_back:")
         return
     evaluators = {}
     with common.user_errors():
@@ -169,7 +168,7 @@ def page() -> None:
     results(report)
     every_answer(report)
     best_and_worst(report)
-    common.next_step("dashboard/memory.py", "Next: 7 · Memory — where training memory goes")
+    common.next_step(__file__)
 
 
 page()

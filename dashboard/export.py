@@ -102,9 +102,11 @@ def show(result: dict) -> None:
     check, sizes, paths = result["verification"], result["sizes"], result["paths"]
     a, b, c = st.columns(3)
     a.metric("GGUF size", common.human_bytes(sizes["gguf"]), help=f"{result['type']}, {paths['gguf']}")
-    b.metric("Same next token as final/", f"{check['top1_agreement']:.1%}",
-             help=f"Over the {check['positions']} positions of a fixed conversation, read back with transformers' "
-                  f"GGUF loader; the export fails below {check['threshold']:.0%}.")
+    b.metric("Perplexity against final/", f"{check['perplexity_increase']:+.2%}",
+             help=f"The GGUF read back with transformers' GGUF loader scores a fixed conversation "
+                  f"({check['positions']} tokens) {check['perplexity_increase']:+.2%} against final/; "
+                  f"{result['type']} may cost up to {check['bound']:.1%}. The same next token as final/ at "
+                  f"{check['top1_agreement']:.1%} of the positions.")
     c.metric("Export time", common.human_seconds(result["seconds"]["total"]))
     with st.expander("The conversation the check reads"):
         st.code(check["prompt"], language=None)
@@ -132,8 +134,7 @@ def show(result: dict) -> None:
 
 
 def page() -> None:
-    common.backend_badge()
-    st.title("Use your model elsewhere")
+    common.title(__file__)
     st.markdown(
         "Your model trained. Now take it with you: export it as one **GGUF** file and run it in **Ollama**, "
         "**llama.cpp** or **LM Studio**, on your laptop, without TuneLab or Python. The export checks itself: it "

@@ -259,8 +259,7 @@ def the_loop() -> None:
 
 
 def page() -> None:
-    common.backend_badge()
-    st.title("4 · Fine-tune")
+    common.title(__file__)
     st.markdown(
         "Training runs in its own worker process (`python -m core train config.yaml`), so closing the tab "
         "or clicking around never stops it. This page starts a run from the settings of lesson 3, then polls "
@@ -286,7 +285,7 @@ def page() -> None:
         st.fragment(the_run, run_every=POLL_S if active else None)()
     runs_list(run_id)
     the_loop()
-    common.next_step("dashboard/generate.py", "Next: 5 · Generate")
+    common.next_step(__file__)
 
 
 page()

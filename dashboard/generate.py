@@ -108,8 +108,7 @@ def side_by_side(models: dict, prompt: str, sampler: str, params: dict, max_new_
 
 
 def page() -> None:
-    common.backend_badge()
-    st.title("5 · Generate")
+    common.title(__file__)
     st.markdown(
         "A language model writes one token at a time: it scores every token in its vocabulary, and a "
         "*sampler* picks one. Here you choose the sampler and its settings, watch what it does to the "
@@ -133,7 +132,7 @@ def page() -> None:
     if st.session_state.get(state.BEFORE_ANSWER):
         with st.expander("The base model's answer from lesson 1 (greedy)"):
             st.markdown(st.session_state[state.BEFORE_ANSWER])
-    common.next_step("dashboard/evaluate.py", "Next: 6 · Evaluate")
+    common.next_step(__file__)
 
 
 page()

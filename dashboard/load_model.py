@@ -129,8 +129,7 @@ def before_answer(name: str) -> None:
 
 
 def page() -> None:
-    common.backend_badge()
-    st.title("1 · Load a model")
+    common.title(__file__)
     st.markdown(
         "Fine-tuning starts from a **pretrained** model: one that has already learned language. Load one, look "
         "at what it is made of, see how it reads text, and ask it a question — its answer is the *before* "
@@ -157,7 +156,7 @@ def page() -> None:
     tokens(name)
     chat_template(name, info)
     before_answer(name)
-    common.next_step("dashboard/prepare_data.py", "Next: 2 · Prepare data")
+    common.next_step(__file__)
 
 
 page()

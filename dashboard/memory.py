@@ -130,8 +130,7 @@ def oom_ladder(est: dict | None) -> None:
 
 
 def page() -> None:
-    common.backend_badge()
-    st.title("7 · Memory")
+    common.title(__file__)
     st.markdown(
         "*Out of memory* is the error every fine-tuner meets. It is predictable: training memory is the sum of "
         "five parts, and each trick below shrinks one of them. Estimate them for your model, then measure a "

@@ -194,8 +194,7 @@ def masking(rows: list[dict], model: str, max_length: int) -> bool:
 
 
 def page() -> None:
-    common.backend_badge()
-    st.title("2 · Prepare data")
+    common.title(__file__)
     st.markdown(
         "The model learns whatever is in the data — so look at it before training. Pick a data set, let a "
         "*format plugin* read it into conversations, check it for problems, and see which tokens are trained."
@@ -239,7 +238,7 @@ def page() -> None:
                              "max_length": max_length, "train_on_prompt": train_on_prompt})
         st.session_state[state.DATA_SUMMARY] = {"records": report["records"], "median_tokens": lengths.get("median")}
         st.success(f"Lesson 3 will train on `{path}` read as **{fmt_name}**.", icon=":material/bookmark:")
-    common.next_step("dashboard/set_up_training.py", "Next: 3 · Set up training")
+    common.next_step(__file__)
 
 
 page()

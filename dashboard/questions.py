@@ -308,8 +308,7 @@ def glossary() -> None:
 
 
 def page() -> None:
-    common.backend_badge()
-    st.title("Questions & glossary")
+    common.title(__file__)
     st.markdown(
         "The questions everyone asks before their first fine-tuning run, and the habits that make runs work — "
         "answered with **this project's own measurements**, not rules of thumb from elsewhere. At the bottom, a "

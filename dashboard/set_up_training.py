@@ -171,8 +171,7 @@ def as_a_file(n_examples: int) -> None:
 
 
 def page() -> None:
-    common.backend_badge()
-    st.title("3 · Set up training")
+    common.title(__file__)
     st.markdown(
         "A training run is a handful of numbers. Each one below says what it does and what range works; the "
         "charts show what your choice means: how the learning rate moves, whether it fits in memory, how long "
@@ -188,7 +187,7 @@ def page() -> None:
     memory_and_speed(n_examples)
     bookkeeping()
     as_a_file(n_examples)
-    common.next_step("dashboard/fine_tune.py", "Next: 4 · Fine-tune")
+    common.next_step(__file__)
 
 
 page()

@@ -2,29 +2,7 @@
 
 import streamlit as st
 
-from dashboard import common, lessons
-
-PATH = [
-    ("dashboard/load_model.py", "1 · Load a model", ":material/download:",
-     "Look inside a real model: layers, parameters, tokens, chat template, a first answer."),
-    ("dashboard/prepare_data.py", "2 · Prepare data", ":material/table_view:",
-     "Read a data set, check it, and see exactly which tokens the model is trained on."),
-    ("dashboard/set_up_training.py", "3 · Set up training", ":material/tune:",
-     "Every hyperparameter explained, the learning-rate schedule, the memory it will need."),
-    ("dashboard/fine_tune.py", "4 · Fine-tune", ":material/model_training:",
-     "Start training and watch the loss fall, live."),
-    ("dashboard/generate.py", "5 · Generate", ":material/chat:",
-     "Talk to the tuned model; compare it with the 'before' answer; try sampling strategies."),
-    ("dashboard/evaluate.py", "6 · Evaluate", ":material/fact_check:",
-     "Measure base vs tuned on held-out examples."),
-    ("dashboard/memory.py", "7 · Memory", ":material/memory:",
-     "Where memory goes in training, and what LoRA, checkpointing and precision save."),
-    ("dashboard/plugins.py", "8 · Plugins", ":material/extension:",
-     "Data formats, samplers and evaluators are plugins; add your own."),
-    ("dashboard/questions.py", "Questions & glossary", ":material/quiz:",
-     "Can I run this on my laptop? How long, how much data, what if memory runs out? With measured answers."),
-]
-
+from dashboard import common, course, lessons
 
 def introduction() -> None:
     st.title("TuneLab")
@@ -64,11 +42,14 @@ def introduction() -> None:
 def the_path() -> None:
     st.subheader("The path")
     st.caption("Six steps, the same six you will find in any fine-tuning project — then two deeper lessons.")
-    cols = st.columns(2)
-    for i, (target, label, icon, blurb) in enumerate(PATH):
-        with cols[i % 2].container(border=True):
-            st.page_link(target, label=f"**{label}**", icon=icon)
-            st.caption(blurb)
+    path = [row for row in course.LESSONS if row.blurb]
+    # two columns filled row by row, as a reader reads: 1 | 2, then 3 | 4, ...
+    for start in range(0, len(path), 2):
+        cols = st.columns(2)
+        for col, row in zip(cols, path[start:start + 2]):
+            with col.container(border=True):
+                st.page_link(row.path, label=f"**{row.title}**", icon=row.icon)
+                st.caption(row.blurb)
 
 
 def this_machine() -> None:
@@ -102,7 +83,6 @@ def page() -> None:
     the_path()
     # Last, so the text above has painted before the engine looks for a GPU (torch is imported then).
     this_machine()
-    common.backend_badge()
 
 
 page()

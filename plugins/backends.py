@@ -8,7 +8,7 @@ hookimpl = pluggy.HookimplMarker("tunelab")
 
 
 def _local(settings):
-    from core.engine import LocalEngine
+    from core.backends.local import LocalEngine
 
     return LocalEngine(settings)
 

@@ -32,8 +32,7 @@ import re
 
 import pluggy
 
-from plugins.readers import (MAX_REPORTED, FieldError, RowErrors, csv_reader, iter_json_rows,  # noqa: F401
-                             read_json_rows, read_text)
+from core.readers import CappedEvents, FieldError, RowErrors, csv_reader, iter_json_rows, read_text
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 
@@ -43,7 +42,6 @@ SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "a
             "bing": "assistant", "bard": "assistant", "model": "assistant", "system": "system",
             "observation": "tool", "tool": "tool", "function": "tool", "ipython": "tool",
             "function_call": "assistant", "developer": "system"}
-SHAREGPT_ROLES = SPEAKERS  # the name older code used
 INSTRUCTION_KEYS = ("instruction", "prompt", "question", "query")
 INPUT_KEYS = ("input", "context")
 OUTPUT_KEYS = ("output", "response", "completion", "answer")
@@ -291,12 +289,6 @@ def turns(value, field, reading, role_key="role", content_key="content") -> list
     return out
 
 
-def check_messages(messages, field="messages", reading=None, item=None):
-    """Validate a conversation in ``{role, content}`` turns; returns the canonical turns."""
-    reading = reading or Reading()
-    return finish(turns(messages, field, reading), field, item or {}, reading)["messages"]
-
-
 # -- preference data -------------------------------------------------------------------------
 PREFERENCE_PAIRS = (("chosen", "rejected"), ("chosen_messages", "rejected_messages"),
                     ("preferred_output", "non_preferred_output"))
@@ -437,16 +429,10 @@ def iter_converted(path, rows, convert, reading: Reading):
 
 def collect(path, events):
     """The records of an event stream as a ``datasets.Dataset``; ``RowErrors`` if any row is bad."""
-    records, errors = [], []
-    for event in events:
-        if "error" in event:
-            errors.append({"row": event["row"], **event["error"]})
-            if len(errors) >= MAX_REPORTED:
-                break
-        elif "record" in event:
-            records.append(event["record"])
-    if errors:
-        raise RowErrors(path, errors)
+    stream = CappedEvents(events)
+    records = [event["record"] for event in stream if "record" in event]
+    if stream.errors:
+        raise RowErrors(path, stream.errors)
     if not records:
         from pathlib import Path
 
@@ -455,12 +441,6 @@ def collect(path, events):
     from datasets import Dataset  # imported only for good files: a bad file's error comes back fast
 
     return Dataset.from_list(records)
-
-
-def convert_rows(path, rows, convert):
-    """Apply ``convert(item) -> record`` to ``[(row, item)]`` (the helper older plugins used)."""
-    return collect(path, iter_converted(path, ((r, i, None) for r, i in rows), lambda item, _: convert(item),
-                                        Reading()))
 
 
 def json_format_reader(convert):

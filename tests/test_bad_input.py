@@ -234,7 +234,7 @@ def test_a_huge_record_is_not_tokenized_whole(tokenizer):
 
 def test_a_json_array_is_streamed_in_chunks_with_the_same_result(tmp_path, monkeypatch):
     """Chunk boundaries fall inside strings, escapes, numbers and literals: the rows must not change."""
-    from plugins import readers
+    from core import readers
 
     rows = [{"instruction": f"Q{i} \u00e9\"quoted\" \\ back", "output": f"A{i} " * (i % 5), "n": i * 1.5,
              "ok": i % 2 == 0, "none": None, "nested": {"list": [i, [i, {"x": "y"}]]}} for i in range(40)]

@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-from core import runs
 from core.paths import REPO_ROOT
 
 

@@ -213,7 +213,7 @@ def test_catalog_tab_installs_only_after_the_warning_is_acknowledged(monkeypatch
 
     at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=60)
     at.run()
-    at.switch_page("dashboard/plugins.py").run()
+    at.switch_page("dashboard/plugin_shelf.py").run()
     assert not at.exception, [e.value for e in at.exception]
     tab = at.tabs[1]
     assert any("with the app's rights" in w.value for w in tab.warning)

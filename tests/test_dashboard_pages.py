@@ -148,7 +148,7 @@ def test_navigation_lists_all_nine_pages():
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
     for page in ("welcome", "load_model", "prepare_data", "set_up_training", "fine_tune", "generate", "evaluate",
-                 "memory", "plugins"):
+                 "memory", "plugin_shelf"):
         at.switch_page(f"dashboard/{page}.py")  # raises if st.navigation does not register it
 
 
@@ -249,7 +249,7 @@ def test_memory_page_measures_a_real_step(tiny_model):
 
 
 def test_plugins_page_lists_builtins_with_locked_toggles():
-    at = open_page("plugins")
+    at = open_page("plugin_shelf")
     assert [t.label for t in at.tabs] == ["Installed", "Catalog", "Write your own"]
     builtins = {"plugin.enabled.formats", "plugin.enabled.samplers", "plugin.enabled.evaluators"}
     builtin_toggles = [t for t in at.toggle if t.key in builtins]
@@ -342,7 +342,7 @@ assert not BLOCKED & set(sys.modules), BLOCKED & set(sys.modules)  # nothing got
 print(json.dumps(out))
 """
 ALL_PAGES = ("welcome", "load_model", "prepare_data", "set_up_training", "fine_tune", "generate", "evaluate",
-             "memory", "plugins", "questions")
+             "memory", "plugin_shelf", "questions")
 
 
 def test_without_the_engine_every_page_says_so_in_a_sentence(runs_dir, embedded_dir):

@@ -103,7 +103,7 @@ def test_fine_tune_without_a_run_shows_start(runs_dir):
     assert start.label == "Start training" and not start.disabled
     assert at.button(key="ft.stop").disabled and at.button(key="ft.resume").disabled
     assert at.number_input(key="ft.max_steps").value == 0
-    from core.engine import LocalEngine
+    from core.backends.local import LocalEngine
 
     loop = LocalEngine().loop_source()["source"]  # core.train.train_step, as the engine reads it
     assert any(c.value == loop for c in at.code) and "backward" in loop  # the training loop's source

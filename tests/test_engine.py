@@ -7,6 +7,7 @@ import pluggy
 import pytest
 
 from core import engine
+from core.backends import local
 from core.errors import UserError
 from core.registry import Registry, use_registry
 
@@ -59,7 +60,7 @@ def test_environment_wins_over_secrets_and_local_is_the_default(with_backend, mo
     assert engine.backend_settings({"address": "a"})["backend"] == "local"
     monkeypatch.setenv("TUNELAB_RAY_TOKEN", "env")
     assert engine.backend_settings({"token": "secret"})["token"] == "env"
-    assert isinstance(engine.get_engine(), engine.LocalEngine)
+    assert isinstance(engine.get_engine(), local.LocalEngine)
 
 
 def test_an_unknown_backend_is_one_clear_error(with_backend, monkeypatch):
@@ -71,7 +72,7 @@ def test_an_unknown_backend_is_one_clear_error(with_backend, monkeypatch):
 def test_local_verbs_return_plain_data(tiny_model, registry, runs_dir, monkeypatch):
     monkeypatch.delenv("TUNELAB_BACKEND", raising=False)
     with use_registry(registry):
-        e = engine.LocalEngine()
+        e = local.LocalEngine()
         info = e.describe_model(tiny_model)
         toks = e.tokenize(tiny_model, "Hello world")
         dist = e.next_token_distribution(tiny_model, "Hi", "top_k", {"top_k": 5}, top=5)
@@ -85,7 +86,7 @@ def test_local_verbs_return_plain_data(tiny_model, registry, runs_dir, monkeypat
 
 
 def test_a_run_model_name_needs_the_run_and_its_final_folder(runs_dir):
-    e = engine.LocalEngine()
+    e = local.LocalEngine()
     with pytest.raises(UserError, match="no run called 'nope'"):
         e.describe_model("run:nope")
     assert e.find_run("../etc") is None and e.find_run(".hidden") is None
@@ -93,7 +94,7 @@ def test_a_run_model_name_needs_the_run_and_its_final_folder(runs_dir):
 
 def test_the_model_cache_is_bounded_and_reloads_a_rewritten_folder(tmp_path):
     loads = []
-    cache = engine.ModelCache(size=2)
+    cache = local.ModelCache(size=2)
     folders = []
     for name in "abc":
         folder = tmp_path / name
@@ -113,5 +114,5 @@ def test_the_model_cache_is_bounded_and_reloads_a_rewritten_folder(tmp_path):
 def test_without_the_engine_a_verb_says_what_to_install(monkeypatch):
     monkeypatch.setattr(engine, "engine_installed", lambda: False)
     with pytest.raises(engine.EngineMissing, match="make setup.*TUNELAB_BACKEND=ray"):
-        engine.LocalEngine().describe_model("embedded")
-    assert engine.LocalEngine().health()["ok"] is False
+        local.LocalEngine().describe_model("embedded")
+    assert local.LocalEngine().health()["ok"] is False

@@ -119,7 +119,7 @@ def test_it_shows_on_the_plugins_page():
     common.plugin_items.clear()  # the pages cache the lists of formats, samplers and evaluators
     at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=60)
     at.run()
-    at.switch_page("dashboard/plugins.py").run()
+    at.switch_page("dashboard/plugin_shelf.py").run()
     assert not at.exception, [e.value for e in at.exception]
     installed = at.tabs[0]
     header = next(m.value for m in installed.markdown if f"**{PACKAGE}**" in m.value)

@@ -86,7 +86,9 @@ def test_f16_and_q8_0_read_back_with_the_same_next_tokens(tiny_model, tmp_path):
     for qtype, result in results.items():
         check = result["verification"]
         assert check["passed"] and check["tokens_match"]
-        assert check["top1_agreement"] >= export.THRESHOLDS[qtype] and check["positions"] > 80
+        assert check["perplexity_increase"] <= export.PERPLEXITY_BOUNDS[qtype] and check["positions"] > 80
+        assert check["logit_error"] <= export.LOGIT_ERROR_BOUNDS[qtype]
+        assert check["decided_agreement"] in (None, 1.0)  # no rounding this small flips a clear choice
         assert "<|im_start|>user\nWhy does ice float on water?<|im_end|>" in check["prompt"]
         assert ggufs(tmp_path / qtype) == ["lesson-run.gguf"]  # no partial file left beside it
         assert sorted(p.name for p in (tmp_path / qtype).iterdir()) == ["Modelfile", "README.md", "lesson-run.gguf"]
@@ -131,7 +133,7 @@ def test_cli_export_writes_files_and_reports_agreement(small_model, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["paths"]["gguf"] == str(tmp_path / "out" / "cli-run.gguf")
-    assert result["verification"]["top1_agreement"] >= 0.95 and result["type"] == "q8_0"
+    assert result["verification"]["passed"] and result["type"] == "q8_0"
     assert "Traceback" not in done.stderr
 
 
@@ -142,6 +144,7 @@ def test_wrong_tensor_layout_fails_the_check_and_keeps_nothing(small_model, tmp_
     rc = main(["export", str(run_dir), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "does not read back as the same model" in err[0], err
+    assert "a tensor layout slip" in err[0]  # the logits moved: the perplexity of a random model barely does
     assert ggufs(tmp_path / "out") == [] and not (tmp_path / "out" / "Modelfile").exists()
 
 
@@ -385,7 +388,7 @@ def test_page_exports_with_progress_and_offers_files_and_commands(small_model, t
     at.button(key="export.go").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     metrics = {m.label: m.value for m in at.metric}
-    assert float(metrics["Same next token as final/"].rstrip("%")) >= 95
+    assert abs(float(metrics["Perplexity against final/"].rstrip("%"))) < 3  # within what q8_0 may cost
     code = "\n".join(c.value for c in at.code)
     assert "ollama create page-run -f Modelfile" in code and "llama-cli -m page-run.gguf -cnv" in code
     assert "PARAMETER top_k 20" in code  # the Generate page's sampler, in the Modelfile shown

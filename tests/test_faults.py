@@ -11,9 +11,10 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from core import runs, train
+from core import runs, train, workers
 from core.config import RunConfig
 from core.registry import Registry
+from core.paths import REPO_ROOT
 from test_runs import wait_for  # one polling helper for the run tests
 
 hookimpl = pluggy.HookimplMarker("tunelab")
@@ -138,11 +139,10 @@ def test_a_full_disk_during_a_save_fails_clearly_and_keeps_the_last_checkpoint(t
 
 DASHBOARD = """
 import os, signal, sys
-from core import runs
+from core import workers
 from core.config import load_config
-from core.paths import REPO_ROOT
 
-run_dir = runs.start(load_config(sys.argv[1]), "restart", root=sys.argv[2], owner="session-1")
+run_dir = workers.start(load_config(sys.argv[1]), "restart", root=sys.argv[2], owner="session-1")
 print(run_dir, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # the dashboard dies; its worker must not
 """
@@ -162,10 +162,10 @@ def test_a_run_survives_a_dashboard_restart_and_the_new_one_reattaches(tiny_mode
     assert listed[run_dir.name]["state"] == "running" and listed[run_dir.name]["owner"] == "session-1"
     seen = len(losses(run_dir))
     wait_for(lambda: len(losses(run_dir)) > seen + 2, timeout=60, what="more rows after the restart")
-    worker = runs.worker_pid(run_dir)
+    worker = workers.worker_pid(run_dir)
     assert worker is not None and runs.read_status(run_dir)["pid"] == worker
 
-    runs.request_stop(run_dir)  # and it still controls the run
+    workers.request_stop(run_dir)  # and it still controls the run
     wait_for(lambda: runs.read_status(run_dir)["state"] not in runs.ACTIVE, what="the stop")
     status = runs.read_status(run_dir)
     assert status["state"] == "stopped" and status["checkpoint"], (run_dir / "log.txt").read_text()
@@ -241,7 +241,7 @@ def test_two_starts_in_the_same_second_train_two_separate_runs(tiny_model, chat_
 
     def press_start(session):
         barrier.wait()
-        started[session] = runs.start(cfg, "demo", root=tmp_path / "runs", owner=session)
+        started[session] = workers.start(cfg, "demo", root=tmp_path / "runs", owner=session)
 
     threads = [threading.Thread(target=press_start, args=(s,)) for s in ("alice", "bob")]
     for t in threads:

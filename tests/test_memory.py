@@ -4,7 +4,7 @@ out-of-memory ladder; core.machine: bytes, the machine, precision; core.measure:
 import pytest
 from transformers import GPT2Config, LlamaConfig
 
-from core import machine, measure, memory, train
+from core import machine, measure, memory, models, train
 from core.config import RunConfig
 from core.errors import UserError
 
@@ -70,9 +70,9 @@ def test_lora_has_far_fewer_trainable_bytes():
 
 
 def test_default_lora_targets():
-    assert train.default_lora_targets("llama") == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert train.default_lora_targets("qwen2") == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert train.default_lora_targets("gpt2") == ["c_attn", "c_proj"]
+    assert models.default_lora_targets("llama") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert models.default_lora_targets("qwen2") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert models.default_lora_targets("gpt2") == ["c_attn", "c_proj"]
 
 
 def test_gpt2_config():
@@ -182,8 +182,9 @@ def test_estimate_by_name(embedded_dir):
 
 def test_measure_step_on_a_tiny_model(tiny_model):
     for method in ("full", "lora"):
-        r = memory.measure_step(tiny_model, method=method, precision="fp32", batch_size=2, max_length=32,
-                                gradient_checkpointing=method == "lora", lora_r=4)
+        r = measure.measure_step(measure.settings_config(
+            tiny_model, method=method, precision="fp32", batch_size=2, max_length=32,
+            gradient_checkpointing=method == "lora", lora_r=4))
         assert r["peak_bytes"] > 0 and r["step_seconds"] > 0
         assert len(r["step_peaks"]) == 2 and r["device"] in ("cpu", "cuda")
         assert 0 < r["trainable_parameters"] <= r["parameters"]

@@ -247,7 +247,7 @@ def test_write_your_own_tab_shows_the_template_and_every_guide_section():
 
     at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=60)
     at.run()
-    at.switch_page("dashboard/plugins.py").run()
+    at.switch_page("dashboard/plugin_shelf.py").run()
     assert not at.exception, [e.value for e in at.exception]
     tab = at.tabs[2]
     codes = [c.value.strip() for c in tab.code]

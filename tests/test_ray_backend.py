@@ -335,7 +335,7 @@ def test_cli_train_through_the_backend_mirrors_every_row(box, finished_run):
     assert runs.parse_metrics_lines(finished_run["stdout"]) == rows  # the foreground streamed them all
     status = runs.read_status(mirror)
     assert status["state"] == "finished" and status["remote"]["job_status"] == "SUCCEEDED"
-    assert runs.load_config(mirror).max_steps == 6
+    assert runs.run_config(mirror).max_steps == 6
     out = _cli(["status", str(mirror), "--json"], {"TUNELAB_RAY_ADDRESS": box["address"],
                                                    "TUNELAB_RAY_TOKEN": box["token"],
                                                    "TUNELAB_RAY_SERVICE": box["service"]})
@@ -366,7 +366,7 @@ def test_lost_connection_says_reconnecting_then_catches_up(box, finished_run, mo
 
 
 def test_generate_and_evaluate_the_remote_run(box, finished_run, engine, data_file):
-    from core.engine import LocalEngine
+    from core.backends.local import LocalEngine
 
     box_id = rb.read_backend(finished_run["mirror"])["run_id"]
     model = f"run:{box_id}"

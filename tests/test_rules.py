@@ -8,7 +8,7 @@ import time
 import pytest
 
 from core.config import RunConfig, changed_keys, split_sizes
-from core.engine import LocalEngine
+from core.backends.local import LocalEngine
 from core.errors import UserError
 
 
@@ -103,7 +103,8 @@ def uploads(tmp_path, monkeypatch):
 
 
 def test_allowed_data_is_the_bundled_sets_and_own_uploads(uploads, tmp_path):
-    from core.uploads import REPO, allowed_data
+    from core.paths import REPO_ROOT as REPO
+    from core.uploads import allowed_data
 
     engine = LocalEngine()
     assert allowed_data("data/science_tutor_heldout.alpaca.json") == REPO / "data" / "science_tutor_heldout.alpaca.json"

@@ -8,11 +8,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from core import queue, runs
+from core import queue, runs, workers
 from core.config import RunConfig
 from core.errors import UserError
 from core.paths import REPO_ROOT
@@ -102,16 +101,16 @@ def test_stop_never_signals_a_pid_that_is_not_the_runs_worker(tmp_path):
         for crafted in (-1, 0, "1", bystander.pid, os.getpid()):
             run_dir = runs.create_run(RunConfig(), f"crafted {crafted}", root=tmp_path)
             runs.write_status(run_dir, state="running", pid=crafted)
-            assert runs.worker_pid(run_dir) is None
+            assert workers.worker_pid(run_dir) is None
             if crafted in (-1, "1"):  # no such worker: the run reads as interrupted, nothing to stop
                 assert runs.read_status(run_dir)["state"] == "failed"
                 with pytest.raises(UserError, match="is not running"):
-                    runs.request_stop(run_dir)
+                    workers.request_stop(run_dir)
             elif crafted == 0:  # no pid at all: a worker never started, so it is simply marked stopped
-                runs.request_stop(run_dir)
+                workers.request_stop(run_dir)
                 assert runs.read_status(run_dir)["state"] == "stopped"
             else:  # a live process, but not this run's worker: a STOP file, no signal
-                runs.request_stop(run_dir)
+                workers.request_stop(run_dir)
                 assert (run_dir / "STOP").exists()
         time.sleep(0.3)
         assert bystander.poll() is None, "a process that is not a worker was signalled"
@@ -126,7 +125,7 @@ def test_a_lock_holder_that_is_not_a_core_worker_is_not_signalled(tmp_path):
     try:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # this pytest process: alive, but not `core ... <run>`
         assert runs.worker_alive(run_dir)
-        assert runs.worker_pid(run_dir) is None
+        assert workers.worker_pid(run_dir) is None
     finally:
         os.close(fd)
     assert not runs.worker_alive(run_dir)
@@ -178,8 +177,7 @@ def test_admission_by_memory_and_by_a_fixed_cap(monkeypatch):
 def test_the_memory_budget_counts_what_running_workers_hold(monkeypatch):
     import psutil
 
-    monkeypatch.setattr(queue, "_machine", lambda: type("M", (), {
-        "available_for_training": staticmethod(lambda: (1000, "free RAM"))}))
+    monkeypatch.setattr(queue.machine, "available_for_training", lambda: (1000, "free RAM"))
     mine = psutil.Process().memory_info().rss
     budget, where = queue.memory_budget([{"pid": os.getpid()}])
     assert where == "free RAM" and budget >= 1000 + mine * 0.9
@@ -187,7 +185,7 @@ def test_the_memory_budget_counts_what_running_workers_hold(monkeypatch):
 
 def test_slots_are_held_until_the_worker_exits(tmp_path):
     run_dir = runs.create_run(RunConfig(), "slot", root=tmp_path)
-    code = ("import sys, time; from core import queue, runs; runs.claim_worker(sys.argv[1]); "
+    code = ("import sys, time; from core import queue, runs, workers; workers.claim_worker(sys.argv[1]); "
             "print(queue.wait_for_slot(sys.argv[1], 123, stop=False), flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             text=True)
@@ -206,9 +204,9 @@ def test_slots_are_held_until_the_worker_exits(tmp_path):
 
 def test_a_second_worker_on_a_live_run_is_refused_at_once(tiny_model, chat_file, tmp_path):
     cfg = config(tiny_model, chat_file, max_steps=3000)
-    run_dir = runs.start(cfg, "live", root=tmp_path)
+    run_dir = workers.start(cfg, "live", root=tmp_path)
     wait_for(lambda: len(loss_steps(run_dir)) >= 2, what="the first worker's rows")
-    worker = runs.worker_pid(run_dir)
+    worker = workers.worker_pid(run_dir)
     assert worker is not None and runs.read_status(run_dir)["pid"] == worker
     config_text = (run_dir / "config.yaml").read_text()
     try:
@@ -220,24 +218,24 @@ def test_a_second_worker_on_a_live_run_is_refused_at_once(tiny_model, chat_file,
             assert len(lines) == 1 and "already has a live worker" in lines[0] and str(worker) in lines[0]
             assert time.time() - started < 15
         with pytest.raises(UserError, match="already has a live worker"):
-            runs.launch(run_dir)
-        assert runs.worker_pid(run_dir) == worker and runs.read_status(run_dir)["state"] == "running"
+            workers.launch(run_dir)
+        assert workers.worker_pid(run_dir) == worker and runs.read_status(run_dir)["state"] == "running"
         assert (run_dir / "config.yaml").read_text() == config_text
         steps = loss_steps(run_dir)
         assert steps == list(range(1, len(steps) + 1))  # one worker's rows only, in order
     finally:
-        runs.request_stop(run_dir)
+        workers.request_stop(run_dir)
     wait_for(lambda: runs.read_status(run_dir)["state"] not in runs.ACTIVE, what="the stop")
     assert runs.read_status(run_dir)["state"] == "stopped", (run_dir / "log.txt").read_text()
 
 
 def test_runs_beyond_the_cap_wait_queued_and_start_when_a_slot_frees(tiny_model, chat_file, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_MAX_WORKERS", "1")
-    first = runs.start(config(tiny_model, chat_file, max_steps=3000), "first", root=tmp_path)
+    first = workers.start(config(tiny_model, chat_file, max_steps=3000), "first", root=tmp_path)
     wait_for(lambda: runs.read_status(first)["state"] == "running", what="the first run to start")
-    second = runs.start(config(tiny_model, chat_file, max_steps=3), "second", root=tmp_path)
+    second = workers.start(config(tiny_model, chat_file, max_steps=3), "second", root=tmp_path)
     wait_for(lambda: runs.read_status(second).get("queued_at"), what="the second worker to queue")
-    third = runs.start(config(tiny_model, chat_file, max_steps=3), "third", root=tmp_path)
+    third = workers.start(config(tiny_model, chat_file, max_steps=3), "third", root=tmp_path)
     wait_for(lambda: runs.read_status(third).get("queued_at"), what="the third worker to queue")
     try:
         time.sleep(1.5)  # the queued workers keep waiting
@@ -247,11 +245,11 @@ def test_runs_beyond_the_cap_wait_queued_and_start_when_a_slot_frees(tiny_model,
         assert "ahead" in status["waiting_for"]
         assert "TUNELAB_MAX_WORKERS=1" in runs.read_status(second)["waiting_for"]
         assert loss_steps(second) == [] and loss_steps(third) == []
-        runs.request_stop(third)  # a queued run stops at once, without ever training
+        workers.request_stop(third)  # a queued run stops at once, without ever training
         wait_for(lambda: runs.read_status(third)["state"] == "stopped", timeout=30, what="the queued stop")
         assert loss_steps(third) == []
     finally:
-        runs.request_stop(first)
+        workers.request_stop(first)
     wait_for(lambda: runs.read_status(second)["state"] == "finished", what="the second run to get the slot")
     assert runs.read_status(first)["state"] == "stopped"
     assert loss_steps(second) == [1, 2, 3]
@@ -260,7 +258,7 @@ def test_runs_beyond_the_cap_wait_queued_and_start_when_a_slot_frees(tiny_model,
 def test_a_launched_worker_that_dies_before_training_reads_as_failed_at_once(tmp_path):
     run_dir = runs.create_run(RunConfig(), "broken", root=tmp_path)
     (run_dir / "config.yaml").write_text("lr: [1\n")  # the worker refuses it and exits
-    pid = runs.launch(run_dir)
+    pid = workers.launch(run_dir)
     assert runs.worker_alive(run_dir) or runs.read_status(run_dir)["state"] == "failed"
     # whoever reaps it; the lock goes with the last of its threads
     wait_for(lambda: not runs.pid_alive(pid) and not runs.worker_alive(run_dir), 60, "the worker to exit")

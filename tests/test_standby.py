@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from core import runs, standby
+from core import runs, standby, workers
 from core.paths import REPO_ROOT
 from test_runs import wait_for
 from test_train import config, losses
@@ -24,16 +24,16 @@ def test_a_standby_becomes_the_next_runs_worker_and_stops_cleanly(standby_on, ti
     wait_for(standby.ready, 120, "the standby to finish its imports")
     ahead = standby._current["proc"].pid
 
-    run_dir = runs.start(config(tiny_model, chat_file, max_steps=2000, eval_every=0), "warm", root=tmp_path)
+    run_dir = workers.start(config(tiny_model, chat_file, max_steps=2000, eval_every=0), "warm", root=tmp_path)
     assert runs.read_status(run_dir)["state"] in runs.ACTIVE
     wait_for(lambda: len(losses(run_dir)) >= 2, 120, "two loss rows")
-    assert runs.worker_pid(run_dir) == ahead  # verified: it holds this run's worker.lock
+    assert workers.worker_pid(run_dir) == ahead  # verified: it holds this run's worker.lock
     assert standby._current is None  # the next one starts when this worker exits, not beside it
     assert '"loss"' in (run_dir / "log.txt").read_text()  # its output went to the run's log
 
     with pytest.raises(Exception, match="already has a live worker"):
-        runs.launch(run_dir)  # the lock went with the run: a second worker is refused
-    runs.request_stop(run_dir)
+        workers.launch(run_dir)  # the lock went with the run: a second worker is refused
+    workers.request_stop(run_dir)
     wait_for(lambda: runs.read_status(run_dir)["state"] not in runs.ACTIVE, 120, "the stop")
     assert runs.read_status(run_dir)["state"] == "stopped"
     assert runs.latest_checkpoint(run_dir) is not None
@@ -48,7 +48,7 @@ def test_no_standby_waits_when_turned_off_or_the_environment_changed(standby_on,
     wait_for(standby.ready, 120, "the standby to finish its imports")
     ahead = standby._current["proc"]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read when torch is imported: the standby cannot take it on
-    run_dir = runs.start(config(tiny_model, chat_file, max_steps=2), "fresh", root=tmp_path)
+    run_dir = workers.start(config(tiny_model, chat_file, max_steps=2), "fresh", root=tmp_path)
     wait_for(lambda: runs.read_status(run_dir)["state"] == "finished", 120, "the run")
     assert ahead.wait(timeout=10) == 0  # replaced, not used: it exited
     monkeypatch.setenv("TUNELAB_STANDBY", "0")

@@ -10,7 +10,7 @@ import time
 import pluggy
 import pytest
 
-from core import curves, runs, train
+from core import curves, plan, runs, train, workers
 from core.config import RunConfig
 from core.errors import UserError
 from core.registry import Registry
@@ -74,13 +74,13 @@ def test_loss_falls_on_a_learnable_set(tiny_model, chat_file, tmp_path):
 
 def test_lr_schedule_warmup_and_decay():
     cfg = RunConfig.from_dict({"lr": 1.0, "warmup_ratio": 0.2, "scheduler": "linear"})
-    lrs = train.lr_schedule(cfg, 10)
+    lrs = plan.lr_schedule(cfg, 10)
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] < 0.2
     cfg.scheduler = "cosine"
-    assert train.lr_schedule(cfg, 10)[2] == pytest.approx(1.0)
+    assert plan.lr_schedule(cfg, 10)[2] == pytest.approx(1.0)
     cfg.scheduler = "constant"
-    assert train.lr_schedule(cfg, 10)[2:] == [1.0] * 8
+    assert plan.lr_schedule(cfg, 10)[2:] == [1.0] * 8
 
 
 class StopAfter:
@@ -119,7 +119,7 @@ def test_stop_then_resume_continues_without_gap_or_repeat(tiny_model, chat_file,
 def test_a_killed_worker_is_reported_failed_and_resumes(tiny_model, chat_file, tmp_path):
     cfg = config(tiny_model, chat_file, max_steps=400, save_every=2, eval_every=0)
     run_dir = runs.create_run(cfg, run_dir=tmp_path / "run")
-    pid = runs.launch(run_dir)
+    pid = workers.launch(run_dir)
     deadline = time.time() + 120
     while time.time() < deadline and not runs.latest_checkpoint(run_dir):
         time.sleep(0.2)
@@ -136,7 +136,7 @@ def test_a_killed_worker_is_reported_failed_and_resumes(tiny_model, chat_file, t
     last = int(runs.latest_checkpoint(run_dir).name.split("-")[1])
     cfg = config(tiny_model, chat_file, max_steps=last + 4, save_every=2, eval_every=0)
     runs.write_atomic(run_dir / "config.yaml", cfg.to_yaml())
-    result = train.train(runs.load_config(run_dir), run_dir, resume=True)
+    result = train.train(runs.run_config(run_dir), run_dir, resume=True)
     assert result["state"] == "finished"
     steps = [r["step"] for r in losses(run_dir)]
     assert steps == list(range(1, cfg.max_steps + 1))
@@ -144,7 +144,7 @@ def test_a_killed_worker_is_reported_failed_and_resumes(tiny_model, chat_file, t
 
 def test_stop_command_stops_a_running_worker(tiny_model, chat_file, tmp_path):
     cfg = config(tiny_model, chat_file, max_steps=2000, eval_every=0)
-    run_dir = runs.start(cfg, "stop me", root=tmp_path)
+    run_dir = workers.start(cfg, "stop me", root=tmp_path)
     assert run_dir.name.startswith("stop-me-")
     deadline = time.time() + 120
     while time.time() < deadline and len(losses(run_dir)) < 2:
@@ -161,7 +161,7 @@ def test_stop_command_stops_a_running_worker(tiny_model, chat_file, tmp_path):
     # Resume as the dashboard's button does: a new worker process continues the same run
     last = status["step"]
     runs.write_atomic(run_dir / "config.yaml", config(tiny_model, chat_file, max_steps=last + 2, eval_every=0).to_yaml())
-    runs.launch(run_dir, resume=True)
+    workers.launch(run_dir, resume=True)
     while time.time() < deadline + 60 and runs.read_status(run_dir)["state"] in runs.ACTIVE:
         time.sleep(0.2)
     assert runs.read_status(run_dir)["state"] == "finished", (run_dir / "log.txt").read_text()
@@ -262,7 +262,7 @@ def test_status_survives_a_half_saved_checkpoint_and_a_never_started_worker(tiny
     assert runs.read_status(tmp_path / "run")["checkpoint"].endswith("step-2")
 
     queued = runs.create_run(cfg, run_dir=tmp_path / "queued")
-    runs.request_stop(queued)  # no worker yet: stopped at once, not left 'stopping'
+    workers.request_stop(queued)  # no worker yet: stopped at once, not left 'stopping'
     assert runs.read_status(queued)["state"] == "stopped"
 
 

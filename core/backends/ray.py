@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import ipaddress
 import json
 import os
 import shlex
@@ -41,13 +42,26 @@ import zipfile
 from pathlib import Path
 
 from .. import runs
-from ..engine import Engine
+from ..config import DataConfig, load_config
+from ..data import check_path
+from ..engine import Engine, backend_settings
 from ..errors import UserError
-from ..service import DEFAULT_PORT, is_loopback
+from ..paths import REPO_ROOT
 
 TERMINAL_JOB = ("SUCCEEDED", "FAILED", "STOPPED")
 STOP_GRACE_S = float(os.environ.get("TUNELAB_RAY_STOP_GRACE_S") or 60)
 SYNC_EVERY_S = 1.0  # a page polling several times a second must not fetch the log each time
+DEFAULT_PORT = 8266  # the TuneLab service's port beside Ray's (core.service listens on it by default)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost' (the only hosts reached without a token, when asked)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class BackendUnreachable(UserError):
@@ -155,7 +169,7 @@ def job_id_for(run_id: str, attempt: int) -> str:
     return f"tunelab-{run_id}-{attempt}"
 
 
-def code_package(root: Path = runs.REPO_ROOT) -> tuple[str, bytes]:
+def code_package(root: Path = REPO_ROOT) -> tuple[str, bytes]:
     """``core/`` and ``plugins/`` as a zip with fixed timestamps: the same code, the same package name."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
@@ -333,8 +347,6 @@ class RayEngine(Engine):
         """Prepare the run on the box (data uploaded into it), submit its job, start the mirror.
         ``run_dir`` is the mirror folder (the CLI's ``--run-dir``); default ``runs_root()/<run id>``."""
         config, gpus = _engine_config(config, self.gpus)
-        from ..config import DataConfig
-
         data = config.setdefault("data", {})
         data["path"] = self.upload(data.get("path") or DataConfig().path)  # a file here travels to the box
         info = self.box()
@@ -569,16 +581,11 @@ def create(settings: dict) -> RayEngine:
 # -- the CLI through the backend (python -m core train/resume/stop/status with TUNELAB_BACKEND=ray) --
 def cli_engine() -> RayEngine:
     """The engine the CLI uses: settings from the environment."""
-    from ..engine import backend_settings
-
     return create(backend_settings())
 
 
 def cli_train(args) -> int:
     """``train CONFIG [--run-dir DIR]`` as a Ray job: streams the rows, returns the run's exit state."""
-    from ..config import load_config
-    from ..data import check_path
-
     cfg = load_config(args.config, args.set)
     try:  # a missing data file is refused here, before anything is uploaded
         check_path(cfg.data.path)

@@ -7,6 +7,8 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The example tracking plugin (examples/tunelab-tracking) is installed by make setup: its own tests switch it on.
+os.environ["TUNELAB_TRACKING"] = "off"
 os.environ["TUNELAB_STANDBY"] = "0"  # no worker started ahead for every engine; tests/test_standby.py has its own
 # The embedded model's converted copy is cached across test sessions (the conversion takes ~25 s).
 os.environ.setdefault("TUNELAB_HOME", str(Path.home() / ".cache" / "tunelab"))

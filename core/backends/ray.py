@@ -241,6 +241,10 @@ class RayEngine(Engine):
         stat = local.stat()
         key = (str(local.resolve()), stat.st_mtime_ns, stat.st_size)
         if key not in self._uploads:
+            limit = self.box().get("max_upload_bytes")  # checked here: a refusal mid-send reads as a reset
+            if limit is not None and stat.st_size > limit:
+                raise UserError(f"{local.name} is {stat.st_size / 2**20:.1f} MB; the box at {self.service_url} "
+                                f"takes uploads up to {limit / 2**20:g} MB (TUNELAB_MAX_UPLOAD_MB on the box)")
             data = local.read_bytes()
             digest = hashlib.sha256(data).hexdigest()
             name = "".join(c if c.isalnum() or c in "._-" else "_" for c in local.name)[:200] or "data"

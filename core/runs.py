@@ -297,6 +297,127 @@ def latest_checkpoint(run_dir) -> Path | None:
     return found[-1] if found else None
 
 
+def prune_checkpoints(run_dir, keep: int = 1) -> list[Path]:
+    """Delete all but the ``keep`` newest complete checkpoints (``keep_checkpoints``); returns what went."""
+    found = checkpoints(run_dir)
+    gone = found[:-max(1, int(keep))]
+    for old in gone:
+        shutil.rmtree(old, ignore_errors=True)
+    return gone
+
+
+# -- disk use and deleting ------------------------------------------------------------------------
+def disk_bytes(folder) -> int:
+    """Bytes a folder takes on disk, as ``du`` counts them (allocated blocks; links not followed)."""
+    total = 0
+    for base, dirs, files in os.walk(folder):
+        for name in files + dirs:
+            try:
+                st = os.lstat(os.path.join(base, name))
+            except OSError:  # removed while we walked
+                continue
+            total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+    return total
+
+
+def delete_run(run_dir, owner: str | None = None) -> int:
+    """Delete a run's folder (config, metrics, checkpoints, final/, exports, evaluation); returns the bytes freed.
+
+    Refused while a worker lives (queued, running or stopping: stop it first) and, in a shared
+    deployment, for another session's run. The run disappears from listings at once (its
+    ``status.json`` goes first), then its folder is renamed aside and removed; the worker lock is
+    held throughout, so no Resume can start a worker in a folder being deleted.
+    """
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)  # a run folder, or a clear error
+    if status["state"] in ACTIVE:
+        raise UserError(f"run {run_dir.name} is {status['state']}: stop it first (`python -m core stop {run_dir}`), "
+                        "then delete it")
+    check_control(run_dir, owner, "delete")
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"run {run_dir.name} has a live worker: stop it first, then delete it") from None
+        freed = disk_bytes(run_dir)
+        os.replace(run_dir / "status.json", run_dir / ".status.deleting.json")  # gone from listings now
+        aside = run_dir.with_name(f".deleting-{run_dir.name}-{os.getpid()}")
+        os.replace(run_dir, aside)
+    finally:
+        os.close(fd)
+    shutil.rmtree(aside, ignore_errors=True)
+    for stale in run_dir.parent.glob(".deleting-*"):  # a delete killed half-way left these
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return freed
+
+
+# -- how fast training goes here, learned from what ran ----------------------------------------
+# The settings a step's speed depends on. The first three must match for a speed to count at all.
+SPEED_KEYS = ("model", "method", "precision", "batch_size", "max_length", "gradient_checkpointing", "lora.r",
+              "workers")
+SPEED_ERROR = {"close": 0.2, "rough": 0.5}  # how far off an estimate from such a speed may be (a fraction)
+
+
+def observed_speed(cfg: RunConfig, root=None, measured: list[dict] | None = None) -> dict | None:
+    """The training speed (tokens/s) a planned run can expect on this machine, from what already ran here.
+
+    Two sources: earlier runs' steps (``tokens_per_s`` of their metrics rows; a run's first step is left out,
+    it pays for warm-up) and ``measured`` steps (``{"config": a run config dict, "tokens_per_s"}``, e.g. the
+    Set-up page's measured step). Model, method and precision must match; among what matches, the one
+    that differs in the fewest other :data:`SPEED_KEYS` wins, then a run (real batches) over a measured
+    step (random tokens), then the newest. Returns ``{"tokens_per_s",
+    "source" (words), "differs" (the keys that differ), "sure": "close" | "rough", "error" (a fraction)}``
+    or None when nothing comparable ran.
+    """
+    want = _speed_settings(cfg.to_dict())
+    candidates = []  # (differs, order, tokens_per_s, source)
+    for i, item in enumerate(measured or ()):
+        if item and item.get("tokens_per_s") and item.get("config"):
+            candidates.append((_speed_differs(want, item["config"]), i, float(item["tokens_per_s"]),
+                               "a step measured here"))
+    root = Path(root or runs_root())
+    for status in sorted(root.glob("*/status.json"), key=lambda p: p.stat().st_mtime, reverse=True)[:50]:
+        run_dir = status.parent
+        speeds = [r["tokens_per_s"] for r in read_metrics(run_dir) if r.get("tokens_per_s")]
+        speeds = speeds[1:] or speeds  # the first step pays for warm-up
+        config = _raw_config(run_dir) if speeds else None
+        if config:
+            speeds.sort()
+            candidates.append((_speed_differs(want, config), -status.stat().st_mtime, speeds[len(speeds) // 2],
+                               f"run {run_dir.name} ({len(speeds)} step{'s' if len(speeds) != 1 else ''})"))
+    usable = [c for c in candidates if not {"model", "method", "precision"} & set(c[0])]
+    if not usable:
+        return None
+    differs, _, speed, source = min(usable, key=lambda c: (len(c[0]), c[1]))
+    sure = "rough" if differs else "close"
+    return {"tokens_per_s": speed, "source": source, "differs": differs, "sure": sure, "error": SPEED_ERROR[sure]}
+
+
+def _raw_config(run_dir) -> dict | None:
+    """A run's ``config.yaml`` as plain data, unvalidated (None when it is missing or unreadable)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _speed_settings(config: dict) -> dict:
+    base = RunConfig().to_dict()
+    merged = {**base, **config, "lora": {**base["lora"], **(config.get("lora") or {})}}
+    return {k: merged["lora"]["r"] if k == "lora.r" else merged.get(k) for k in SPEED_KEYS}
+
+
+def _speed_differs(want: dict, config: dict) -> list[str]:
+    have = _speed_settings(config)
+    return [k for k in SPEED_KEYS if have[k] != want[k] and not (k == "lora.r" and want["method"] != "lora")]
+
+
 def run_config(run_dir) -> RunConfig:
     """The RunConfig a run trains with (its own ``config.yaml``)."""
     return load_config(Path(run_dir) / "config.yaml")
@@ -312,6 +433,7 @@ def list_runs(root=None) -> list[dict]:
         except UserError:
             continue
         status["run_dir"] = str(run_dir.parent)
+        status["disk_bytes"] = disk_bytes(run_dir.parent)
         out.append(status)
     return out
 

@@ -46,7 +46,7 @@ def cmd_plugins(args) -> int:
     for p in listing:
         contrib = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["contributes"].items() if v) or "-"
         print(f"{p['name']:<22} {p['source']:<11} {str(p['version'] or '-'):<9} {p['status']:<9} {contrib}")
-        for line in ([p["error"]] if p["error"] else []) + p["clashes"]:
+        for line in ([p["error"]] if p["error"] else []) + p["clashes"] + p.get("failures", []):
             print(f"{'':<22} ! {line}")
     return 0
 
@@ -252,8 +252,23 @@ def cmd_eval(args) -> int:
               "trained on. Pass --data with a held-out file for an honest score.", file=sys.stderr)
     evaluators = [e.strip() for e in args.evaluators.split(",")] if args.evaluators else None
     report = evaluate.evaluate_run(run_dir, data_path, evaluators=evaluators, sampler=args.sampler,
-                                   limit=args.limit, max_new_tokens=args.max_new_tokens)
+                                   limit=args.limit, max_new_tokens=args.max_new_tokens,
+                                   evaluator_params=evaluate.evaluator_params(_params(args.param)))
     print(json.dumps(report["metrics"], indent=2))
+    failed = evaluate.failures(report)  # the others' scores are printed and saved; each failure is one line
+    for line in failed:
+        print(f"error: {line}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_make_tiny_model(args) -> int:
+    """A tiny random model for end-to-end checks in seconds (docs/plugins.md, "End to end in two minutes")."""
+    folder = Path(args.dir)
+    if folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder} is not empty; give a new folder for the tiny model")
+    models.make_tiny_model(folder)
+    print(f"a tiny random model (2 layers, the embedded tokenizer) is in {folder}: use it as the model "
+          f"(model: {folder} in a config, --model {folder}); it writes nonsense, fast")
     return 0
 
 
@@ -427,6 +442,7 @@ COMMANDS = [
         RUN_DIR, _arg("--data", help="held-out file (default: the run's data file)"),
         _arg("--evaluators", help="comma list (default: all)"), _arg("--sampler", default="greedy"),
         _arg("--limit", type=int, default=None, help="evaluate the first N examples only"),
+        _arg("--param", action="append", help="evaluator setting evaluator.name=value"),
         _arg("--max-new-tokens", type=int, default=160)]),
     ("memory", "estimate training memory", cmd_memory, [
         _arg("--model", default="embedded"), _arg("--method", choices=["full", "lora"], default="full"),
@@ -443,6 +459,8 @@ COMMANDS = [
         _arg("--sampler", help="write this sampler into the Modelfile as Ollama PARAMETERs"),
         _arg("--param", action="append", help="sampler parameter name=value"), JSON]),
     ("prepare-embedded", "convert the embedded model once (done by make run)", cmd_prepare_embedded, []),
+    ("make-tiny-model", "save a tiny random model (2 layers) for end-to-end checks in seconds", cmd_make_tiny_model,
+     [_arg("dir", help="a new folder")]),
     ("serve", "the TuneLab service for the Ray backend (run it on the GPU box)", cmd_serve, [
         _arg("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (put TLS in front)"),
         _arg("--port", type=int, default=8266)]),

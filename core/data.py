@@ -1,13 +1,16 @@
 """Prepare data: file -> format plugin -> canonical records -> chat template -> tokens -> batches.
 
 1. A data-format plugin reads the file into canonical records:
-   ``{"messages": [{"role", "content"}, ...]}`` or ``{"text": ...}``.
+   ``{"messages": [{"role", "content"}, ...]}``, ``{"text": ...}`` or
+   ``{"segments": [{"text", "label"}, ...]}`` (:func:`canonical_problem` says what is not).
 2. Each conversation is rendered with the tokenizer's chat template and
    tokenized once; ``labels`` copy ``input_ids`` but are -100 (ignored by the
    loss) everywhere except the assistant's replies, so the model learns to
    answer, not to repeat questions. ``train_on_prompt=True`` trains on all.
-3. Sequences longer than ``max_length`` are truncated (conversations) or cut
-   into consecutive chunks (raw text), and counted.
+   Segments are raw text without a template: each piece is tokenized on its own
+   and masked unless its ``label`` is true.
+3. Sequences longer than ``max_length`` are truncated (conversations, segments) or
+   cut into consecutive chunks (raw text), and counted.
 4. A seeded split gives train and validation sets.
 5. Batches group similar lengths and are padded to their longest member,
    never to ``max_length``: padding is compute spent on nothing.
@@ -15,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -25,13 +29,13 @@ from pathlib import Path
 
 from . import readers
 from .errors import UserError
-from .registry import get_registry, resolve_params
+from .registry import PluginError, get_registry, resolve_params
 from .config import split_sizes
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
 HUGE_RECORD_CHARS = 100_000  # a record this long is cut to max_length whatever it is; say so
 TOKEN_SAMPLE = 20_000  # data check tokenizes at most this many records (evenly spread) for the lengths
-MAX_REPORTED = 200  # rows listed per kind of problem
+ROLES = ("system", "user", "assistant", "tool")  # the roles of a canonical conversation
 
 
 def check_path(path) -> Path:
@@ -62,13 +66,18 @@ def detect_format(path, registry=None) -> str:
             raise UserError(f"{path.name}: the file holds only whitespace; add at least one example")
         if re.sub(r"\s", "", bare) == "[]":
             raise UserError(f"{path.name}: the JSON array is empty; add at least one example")
+    broken = []
     for name, fmt in registry.items("data_formats").items():
         try:
-            if fmt.sniff(str(path), head):
-                return name
-        except Exception:  # noqa: BLE001 - a broken sniffer must not hide the others
+            with registry.guard("data_formats", name, "sniff"):
+                said = fmt.sniff(str(path), head)
+        except PluginError as exc:  # recorded by the guard; a broken sniffer must not hide the others
+            broken.append(f"format '{name}' of plugin '{exc.plugin}' could not tell: its sniff raised {exc.exc_type}")
             continue
-    raise UserError(readers.unknown_format(path, head, list(registry.items("data_formats"))))
+        if said:
+            return name
+    raise UserError(readers.unknown_format(path, head, list(registry.items("data_formats")))
+                    + "".join(f" ({b})" for b in broken))
 
 
 def _user_error(path, format, exc) -> UserError:
@@ -103,17 +112,10 @@ def load_records(path, format: str | None = None, params: dict | None = None, re
     """
     registry = registry or get_registry()
     path, format, fmt, params = _format_and_params(path, format, params, registry)
-    try:
+    with format_code(path, format, registry, "load"):
         dataset = fmt.load(str(path), **params)
-    except UserError:
-        raise
-    except (ValueError, KeyError, TypeError) as exc:
-        raise _user_error(path, format, exc) from None
-    except RecursionError:
-        raise UserError(f"{path.name}: nested too deeply to read (read as format '{format}'); a record holds "
-                        "strings and short lists, so the file is probably damaged") from None
-    except Exception as exc:  # noqa: BLE001 - a plugin's bug is reported, not raised as a traceback
-        raise UserError(f"{path.name}: format plugin '{format}' failed: {type(exc).__name__}: {exc}") from None
+        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__iter__"):
+            raise TypeError(f"load returned {type(dataset).__name__}, not a datasets.Dataset of records")
     if len(dataset) == 0:
         raise UserError(f"{path.name}: no examples found (read as format '{format}')")
     return dataset, format
@@ -124,26 +126,101 @@ def iter_events(path, format: str | None = None, params: dict | None = None, reg
 
     An event is ``{"row", "record", "warnings"}`` (kept), ``{"row", "dropped": reason}`` or
     ``{"row", "error": {"field", "message"}}``. Formats without ``iter_records`` are read
-    whole with ``load``. File-level problems raise ``UserError`` while iterating.
+    whole with ``load``. File-level problems raise ``UserError`` while iterating; a format
+    that breaks (or yields something that is not an event of a canonical record) raises
+    ``PluginError``.
     """
     registry = registry or get_registry()
     path, format, fmt, params = _format_and_params(path, format, params, registry)
-    if not hasattr(fmt, "iter_records"):
-        dataset, _ = load_records(path, format, params, registry)
-        return format, ({"row": i, "record": r, "warnings": []} for i, r in enumerate(dataset, 1))
+    if hasattr(fmt, "iter_records"):
+        where = "iter_records"
+
+        def source():
+            return fmt.iter_records(str(path), **params)
+    else:
+        where = "load"
+
+        def source():
+            dataset, _ = load_records(path, format, params, registry)
+            return ({"row": i, "record": r, "warnings": []} for i, r in enumerate(dataset, 1))
 
     def events():
-        try:
-            yield from fmt.iter_records(str(path), **params)
-        except UserError:
-            raise
-        except (ValueError, KeyError, TypeError) as exc:
-            raise _user_error(path, format, exc) from None
-        except RecursionError:
-            raise UserError(f"{path.name}: nested too deeply to read (read as format '{format}')") from None
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"{path.name}: format plugin '{format}' failed: {type(exc).__name__}: {exc}") from None
+        with format_code(path, format, registry, where):
+            for event in source():
+                yield checked_event(event)
     return format, events()
+
+
+@contextlib.contextmanager
+def format_code(path, format: str, registry, where: str):
+    """Run a format's own code (``where``: sniff, load, iter_records) under the registry's guard.
+
+    Bad data is the user's: a ``ValueError`` (``RowErrors`` included) becomes a one-line
+    ``UserError`` naming the file (with ``.errors``), as does nesting too deep to read. Anything
+    else the format raises is its bug: a ``PluginError`` naming the plugin and the exception type.
+    """
+    try:
+        with registry.guard("data_formats", format, where, passes=(ValueError, RecursionError)):
+            yield
+    except RecursionError:
+        raise UserError(f"{Path(path).name}: nested too deeply to read (read as format '{format}'); a record "
+                        "holds strings and short lists, so the file is probably damaged") from None
+    except ValueError as exc:
+        raise _user_error(path, format, exc) from None
+
+
+def checked_event(event):
+    """A format's event, unchanged if well formed; else a ``TypeError`` (the format's bug, which
+    :func:`format_code` turns into a ``PluginError``)."""
+    if not isinstance(event, dict) or "row" not in event or not {"record", "dropped", "error"} & set(event):
+        raise TypeError(f"iter_records yielded {str(event)[:80]!r}, not an event: a dict with 'row' and one of "
+                        "'record', 'dropped' or 'error'")
+    if "error" in event and not (isinstance(event["error"], dict) and "message" in event["error"]):
+        raise TypeError(f"row {event['row']}: an error event needs 'error': {{'field', 'message'}}")
+    if "record" in event:
+        problem = canonical_problem(event["record"])
+        if problem:
+            raise TypeError(f"row {event['row']}: the record is not canonical: {problem}")
+    return event
+
+
+def canonical_problem(record) -> str | None:
+    """What makes ``record`` not a canonical record, or None when it is one (``core/hookspecs.py``).
+
+    ``{"messages": [{"role", "content": str}, ...]}`` with an assistant turn, ``{"text": str}``, or
+    ``{"segments": [{"text": str, "label": bool}, ...]}``. Keys a ``datasets.Dataset`` fills with
+    None for other records are ignored.
+    """
+    if not isinstance(record, dict):
+        return f"a record must be a dict, got {type(record).__name__}"
+    if record.get("messages") is not None:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages:
+            return "'messages' must be a non-empty list of turns"
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                return f"messages[{i}] must be a dict with 'role' and 'content', got {type(m).__name__}"
+            if m.get("role") not in ROLES:
+                return f"messages[{i}].role {m.get('role')!r} is not one of {', '.join(ROLES)}"
+            if not isinstance(m.get("content"), str):
+                return f"messages[{i}].content must be a string, got {type(m.get('content')).__name__}"
+        if not any(m["role"] == "assistant" for m in messages):
+            return "no assistant turn: there is nothing to learn from the record"
+        return None
+    if record.get("segments") is not None:
+        segments = record["segments"]
+        if not isinstance(segments, list) or not segments:
+            return "'segments' must be a non-empty list of {text, label}"
+        for i, segment in enumerate(segments):
+            if not isinstance(segment, dict) or not isinstance(segment.get("text"), str):
+                return f"segments[{i}].text must be a string"
+            if not isinstance(segment.get("label"), bool):
+                return f"segments[{i}].label must be true or false, got {segment.get('label')!r}"
+        return None
+    if not isinstance(record.get("text"), str):
+        return ("a record needs 'messages' (a list of turns), 'segments' (a list of {text, label}) or 'text' "
+                f"(a string); it has {', '.join(map(repr, record)) or 'no keys'}")
+    return None
 
 
 def read_records(path, format: str | None = None, params: dict | None = None, registry=None) -> dict:
@@ -319,11 +396,42 @@ def encode_text(text: str, tokenizer, max_length: int) -> list[dict]:
              "length": len(ids)} for k, c in enumerate(chunks) if len(c) > 1]
 
 
+def encode_segments(segments, tokenizer, max_length: int, train_on_prompt: bool = False) -> dict:
+    """Raw text pieces, no chat template: each trained (``label`` true) or masked with -100.
+
+    Each piece is tokenized on its own (no special tokens added: write BOS/EOS into the text where
+    they belong) and the pieces' tokens are joined, so a label covers exactly its piece; a word cut
+    across two pieces is two tokens. ``train_on_prompt=True`` trains every piece. Longer than
+    ``max_length``: truncated, like a conversation (the untrained text first is usually the prompt
+    the trained text needs).
+    """
+    ids, labels, budget, removed = [], [], 64 * max_length, 0
+    for segment in segments:
+        text = segment["text"]
+        if len(text) > budget:  # as _trim: no token spans 64 characters, so the rest cannot survive
+            removed += len(text) - max(budget, 0)
+            text = text[:max(budget, 0)]
+        budget -= len(text)
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        ids += piece
+        labels += piece if (segment["label"] or train_on_prompt) else [IGNORE_INDEX] * len(piece)
+    length = len(ids) + removed // 4  # the cut text counted at about 4 characters a token
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": length > max_length,
+            "length": length}
+
+
 def encode_record(record: dict, tokenizer, max_length: int, train_on_prompt: bool = False) -> list[dict]:
-    """The training examples of one canonical record (a conversation makes one; raw text one per chunk)."""
+    """The training examples of one canonical record (a conversation or segments make one; raw text one per chunk)."""
     if record.get("messages"):
         return [encode_messages(record["messages"], tokenizer, max_length, train_on_prompt, record.get("tools"))]
+    if record.get("segments"):
+        return [encode_segments(record["segments"], tokenizer, max_length, train_on_prompt)]
     return encode_text(record.get("text") or "", tokenizer, max_length)
+
+
+def record_kind(record: dict) -> str:
+    """``messages``, ``segments`` or ``text``: which canonical shape a record has."""
+    return "messages" if record.get("messages") else "segments" if record.get("segments") else "text"
 
 
 @dataclass
@@ -395,11 +503,14 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch
     return batches
 
 
-def collate(examples: list[dict], pad_token_id: int) -> dict:
-    """Pad a batch to its longest member (right padding; labels -100, attention 0 on padding)."""
+def collate(examples: list[dict], pad_token_id: int, multiple: int = 1, max_length: int | None = None) -> dict:
+    """Pad a batch to its longest member (right padding; labels -100, attention 0 on padding), rounded up
+    to a ``multiple`` of tokens (not past ``max_length``): a few shapes instead of one per length."""
     import torch
 
     width = max(len(e["input_ids"]) for e in examples)
+    if multiple > 1:
+        width = max(width, min(-(-width // multiple) * multiple, max_length or width))
     ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -452,7 +563,7 @@ def check_file(path, format: str | None = None, params: dict | None = None, toke
     return report
 
 
-LIST_LIMIT = MAX_REPORTED * 50  # rows kept per list in a report; ``counts`` has the totals
+LIST_LIMIT = readers.MAX_REPORTED * 50  # rows kept per list in a report; ``counts`` has the totals
 
 
 def _note(report, kind: str, item) -> None:
@@ -482,21 +593,13 @@ def _scan(path, format, params, registry, report) -> None:
             continue
         record = event["record"]
         report["kept"] += 1
-        kind = "messages" if record.get("messages") else "text"
+        kind, key, empty, size = _record_facts(record)
         report["kinds"][kind] = report["kinds"].get(kind, 0) + 1
-        if kind == "messages":
-            turns = record["messages"]
-            empty = any(not (m["content"] or "").strip() and not m.get("tool_calls") for m in turns)
-            key = json.dumps([(m["role"], (m["content"] or "").strip()) for m in turns], ensure_ascii=False)
-            size = sum(len(m["content"] or "") for m in turns)
-            if report["tools"] is None and uses_tools(record):
-                report["tools"] = (row, uses_tools(record))
-                _note(report, "warnings", {"row": row, "message": (
-                    f"tool-calling data ('{report['tools'][1]}'): it needs a model whose chat template supports "
-                    "tools; the check with a tokenizer says whether yours does")})
-        else:
-            key = (record.get("text") or "").strip()
-            empty, size = not key, len(key)
+        if kind == "messages" and report["tools"] is None and uses_tools(record):
+            report["tools"] = (row, uses_tools(record))
+            _note(report, "warnings", {"row": row, "message": (
+                f"tool-calling data ('{report['tools'][1]}'): it needs a model whose chat template supports "
+                "tools; the check with a tokenizer says whether yours does")})
         if empty:
             _note(report, "empty", row)
         digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
@@ -504,7 +607,7 @@ def _scan(path, format, params, registry, report) -> None:
             _note(report, "duplicates", {"row": row, "same_as": seen[digest]})
         else:
             seen[digest] = row
-        if size > HUGE_RECORD_CHARS and kind == "messages":
+        if size > HUGE_RECORD_CHARS and kind != "text":
             _note(report, "warnings", {"row": row, "message": (
                 f"a {size:,}-character record (about {size // 4:,} tokens): it will be cut to "
                 f"max_length={report['max_length']} tokens, so most of it is never trained on")})
@@ -513,6 +616,22 @@ def _scan(path, format, params, registry, report) -> None:
     if not report["kept"]:
         reason = f": {report['dropped'][0]['reason']}" if report["dropped"] else ""
         raise UserError(f"{Path(path).name}: no example is left to train on (read as format '{name}'){reason}")
+
+
+def _record_facts(record: dict) -> tuple[str, str, bool, int]:
+    """``(kind, key for duplicates, empty?, characters)`` of one canonical record, for the report."""
+    kind = record_kind(record)
+    if kind == "messages":
+        turns = record["messages"]
+        empty = any(not (m["content"] or "").strip() and not m.get("tool_calls") for m in turns)
+        key = json.dumps([(m["role"], (m["content"] or "").strip()) for m in turns], ensure_ascii=False)
+        return kind, key, empty, sum(len(m["content"] or "") for m in turns)
+    if kind == "segments":
+        pieces = record["segments"]
+        key = json.dumps([(bool(p["label"]), p["text"]) for p in pieces], ensure_ascii=False)
+        return kind, key, not any(p["text"].strip() for p in pieces), sum(len(p["text"]) for p in pieces)
+    key = (record.get("text") or "").strip()
+    return kind, key, not key, len(key)
 
 
 def _token_lengths(path, report, params, registry, tokenizer, max_length) -> None:
@@ -527,11 +646,10 @@ def _token_lengths(path, report, params, registry, tokenizer, max_length) -> Non
         if (index - 1) % step:
             continue
         record = event["record"]
-        if record.get("messages"):
-            lengths.append(encode_messages(record["messages"], tokenizer, max_length,
-                                           tools=record.get("tools"))["length"])
-        else:
+        if record_kind(record) == "text":
             lengths.append(len(tokenizer(record.get("text") or "", add_special_tokens=False)["input_ids"]) + 1)
+        else:  # a conversation or segments: one example, its whole length
+            lengths.append(encode_record(record, tokenizer, max_length)[0]["length"])
     if lengths:
         ordered = sorted(lengths)
         # from a sample, the total is scaled up to the whole file

@@ -278,11 +278,13 @@ def get_engine(settings: dict | None = None) -> Engine:
         if key not in _engines:
 
             name = settings["backend"]
-            backends = get_registry().items("backends")
+            registry = get_registry()
+            backends = registry.items("backends")
             if name not in backends:
                 raise UserError(f"TUNELAB_BACKEND={name!r} is not a known backend; use one of "
                                 f"{', '.join(sorted(backends))}")
-            _engines[key] = backends[name].create(settings)
+            with registry.guard("backends", name, "create"):  # a broken backend plugin: one line naming it
+                _engines[key] = backends[name].create(settings)
         return _engines[key]
 
 

@@ -73,10 +73,8 @@ def evaluate_model(model, tokenizer, samples: list[dict], evaluators=None, sampl
     "evaluators": {name: {"higher_is_better", "description"}}, "settings": {...}}``.
     """
     registry = registry or get_registry()
-    names = list(evaluators) if evaluators is not None else list(registry.items("evaluators"))
     # A user's mistake (unknown name, bad param) stops here, before minutes of generation.
-    plugins = {name: registry.get("evaluators", name) for name in names}
-    settings = {name: resolve_params(p.params, (evaluator_params or {}).get(name)) for name, p in plugins.items()}
+    plugins, settings = evaluator_settings(evaluators, evaluator_params, registry)
     device = next(model.parameters()).device
     asked, precision = precision, resolve_precision(precision, device.type)
     if asked == "auto" and precision == "fp16":
@@ -100,22 +98,73 @@ def evaluate_model(model, tokenizer, samples: list[dict], evaluators=None, sampl
     }
 
 
+def evaluator_settings(evaluators=None, evaluator_params: dict | None = None, registry=None) -> tuple[dict, dict]:
+    """``({name: evaluator}, {name: its resolved params})``; ``evaluators`` None means every installed one.
+
+    An unknown evaluator, a setting for one not run, or a bad value is a ``UserError``.
+    """
+    registry = registry or get_registry()
+    names = list(evaluators) if evaluators is not None else list(registry.items("evaluators"))
+    plugins = {name: registry.get("evaluators", name) for name in names}
+    stray = sorted(set(evaluator_params or {}) - set(plugins))
+    if stray:
+        raise UserError(f"settings given for {', '.join(stray)}, which is not among the evaluators run "
+                        f"({', '.join(plugins) or 'none'})")
+    settings = {}
+    for name, plugin in plugins.items():
+        try:
+            settings[name] = resolve_params(plugin.params, (evaluator_params or {}).get(name))
+        except UserError as exc:
+            raise UserError(f"evaluator '{name}': {exc}") from None
+    return plugins, settings
+
+
 def _score(plugins: dict, settings: dict, answered: list[dict], context: dict, registry) -> tuple[dict, dict]:
-    """``(metrics, per_sample)``: each evaluator's figures, or its error (one broken evaluator loses no others)."""
+    """``(metrics, per_sample)``: each evaluator's figures, or its error (one broken evaluator loses no others).
+
+    Each ``evaluate`` runs under the registry's guard: a failure is recorded as the evaluator's
+    ``{"error": one line}`` naming its plugin (``TUNELAB_STRICT_PLUGINS=1``: raised).
+    """
     metrics, per_sample = {}, {}
     for name, plugin in plugins.items():
         try:
-            result = dict(plugin.evaluate(answered, context, **settings[name]))
-            scores = list(result.pop("per_sample", [None] * len(answered)))
-            if len(scores) != len(answered):
-                raise ValueError(f"returned {len(scores)} per-sample scores for {len(answered)} samples")
-            per_sample[name] = scores
-            metrics[name] = {k: float(v) for k, v in result.items()}
-        except Exception as exc:  # noqa: BLE001 - one broken evaluator must not lose the others' results
-            if registry.strict:  # TUNELAB_STRICT_PLUGINS=1: plugin authors want the traceback
-                raise
-            metrics[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            with registry.guard("evaluators", name, "evaluate"):
+                result = plugin.evaluate(answered, context, **settings[name])
+                if not isinstance(result, dict):
+                    raise TypeError(f"returned {type(result).__name__}, not a dict of metrics")
+                result = dict(result)
+                scores = list(result.pop("per_sample", [None] * len(answered)))
+                if len(scores) != len(answered):
+                    raise ValueError(f"returned {len(scores)} per-sample scores for {len(answered)} samples")
+                figures = {k: float(v) for k, v in result.items()}
+        except UserError as exc:  # a PluginError, or the evaluator saying what the user must change
+            metrics[name] = {"error": str(exc)}
+            continue
+        per_sample[name], metrics[name] = scores, figures
     return metrics, per_sample
+
+
+def failures(report: dict) -> list[str]:
+    """One line per evaluator that failed in a report (:func:`compare`'s or :func:`evaluate_model`'s)."""
+    lines = []
+    for name, entry in (report.get("metrics") or {}).items():
+        for side in ("base", "tuned") if "tuned" in entry else (None,):
+            error = (entry[side] if side else entry).get("error")
+            if error and error not in lines:
+                lines.append(error if "plugin '" in error else f"evaluator '{name}': {error}")
+    return lines
+
+
+def evaluator_params(pairs: dict) -> dict:
+    """``{"evaluator.param": value}`` (the CLI's ``--param``) as ``{evaluator: {param: value}}``."""
+    out = {}
+    for key, value in pairs.items():
+        evaluator, dot, param = key.partition(".")
+        if not dot or not evaluator or not param:
+            raise UserError(f"--param {key}={value}: name the evaluator, as evaluator.name=value "
+                            "(e.g. --param keyword_coverage.max_keywords=5)")
+        out.setdefault(evaluator, {})[param] = value
+    return out
 
 
 def compare(base, tuned, samples: list[dict], progress=None, **kwargs) -> dict:
@@ -152,6 +201,7 @@ def evaluate_run(run_dir, data_path=None, evaluators=None, sampler: str = "greed
 
     run_dir = Path(run_dir)
     cfg = runs.run_config(run_dir)
+    evaluator_settings(evaluators, evaluator_params, registry)  # a bad name or setting: before any model loads
     if not (run_dir / "final").is_dir():
         raise UserError(f"{run_dir} has no final/ model yet: evaluate after training finishes "
                         f"(or resume it: python -m core resume {run_dir})")

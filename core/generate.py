@@ -10,6 +10,10 @@ model emits its end-of-turn token (``<|im_end|>`` in ChatML models), or after
 - :func:`next_token_distribution` shows one step: the model's raw next-token
   probabilities, and the same probabilities after the sampler reshaped them.
 
+A sampler is a plugin's code: its settings, its logits processors (each wrapped, since they
+run deep inside ``model.generate``) and the warpers its settings ask for run under the
+registry's guard, so a broken sampler is a ``PluginError`` naming it, never a traceback.
+
 No Streamlit here: the dashboard wraps these (``st.write_stream`` for streaming).
 """
 
@@ -77,14 +81,63 @@ def get_sampler(name: str, registry=None):
 
 
 def sampler_settings(sampler: str = "greedy", params: dict | None = None, registry=None):
-    """``(generation kwargs, extra logits processors)`` for a sampler and its params, neutral defaults included."""
+    """``(generation kwargs, extra logits processors)`` for a sampler and its params, neutral defaults included.
+
+    The plugin's functions run under the registry's guard; each of its processors is wrapped
+    (:class:`AttributedProcessor`) so that one failing inside ``model.generate`` names the plugin too.
+    """
+    registry = registry or get_registry()
     plugin = get_sampler(sampler, registry)
     values = resolve_params(plugin.params, params)
-    kwargs = {**NEUTRAL, **plugin.generation_kwargs(**values)}
+    with registry.guard("samplers", sampler, "generation_kwargs"):
+        own = plugin.generation_kwargs(**values)
+        if not isinstance(own, dict) or not all(isinstance(k, str) for k in own):
+            raise TypeError(f"generation_kwargs returned {str(own)[:80]!r}, not a dict of keyword arguments")
+    kwargs = {**NEUTRAL, **own}
     if kwargs.get("do_sample"):
         kwargs = {**NEUTRAL_SAMPLING, **kwargs}
     extra = getattr(plugin, "logits_processors", None)
-    return kwargs, list(extra(**values)) if extra else []
+    if not extra:
+        return kwargs, []
+    with registry.guard("samplers", sampler, "logits_processors"):
+        processors = list(extra(**values))
+        if not all(callable(p) for p in processors):
+            raise TypeError("logits_processors returned something that is not a callable (a LogitsProcessor)")
+    return kwargs, [AttributedProcessor(p, sampler, registry) for p in processors]
+
+
+class AttributedProcessor:
+    """A sampler plugin's logits processor, run under the registry's guard.
+
+    It is called by transformers, many frames inside ``model.generate``; a ``ZeroDivisionError``
+    there would otherwise come out of transformers with no word of the plugin it came from.
+    ``__call__`` takes exactly ``(input_ids, scores)``, as ``LogitsProcessorList`` calls it.
+    """
+
+    def __init__(self, processor, sampler: str, registry):
+        self.processor, self.sampler, self.registry = processor, sampler, registry
+
+    def __call__(self, input_ids, scores):
+        with self.registry.guard("samplers", self.sampler, f"logits processor {type(self.processor).__name__}"):
+            result = self.processor(input_ids, scores)
+            if getattr(result, "shape", None) != scores.shape:
+                raise TypeError(f"returned {type(result).__name__}, not the scores tensor of shape {tuple(scores.shape)}")
+            return result
+
+
+def checked_settings(sampler: str, kwargs: dict, registry=None) -> None:
+    """Check the sampler's settings the way ``model.generate`` will use them, naming the plugin on failure:
+    every key must be a generation setting, and the warpers they ask for must build (a temperature of 0
+    fails here, not deep inside generation)."""
+    from transformers import GenerationConfig
+
+    registry = registry or get_registry()
+    known = set(GenerationConfig().to_dict())
+    with registry.guard("samplers", sampler, "generation_kwargs"):
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"returned {', '.join(unknown)}, which model.generate does not take")
+        sampling_processors(kwargs)
 
 
 def decoding_arguments(tokenizer, sampler: str = "greedy", params: dict | None = None,
@@ -97,6 +150,7 @@ def decoding_arguments(tokenizer, sampler: str = "greedy", params: dict | None =
     from transformers import LogitsProcessorList
 
     kwargs, extra = sampler_settings(sampler, params, registry)
+    checked_settings(sampler, kwargs, registry)
     stops = stop_token_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else None)
     return {**kwargs, "max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad,
@@ -251,6 +305,7 @@ def next_token_distribution(model, tokenizer, prompt, sampler: str = "greedy", p
     import torch
 
     kwargs, extra = sampler_settings(sampler, params, registry)
+    checked_settings(sampler, kwargs, registry)
     input_ids = build_prompt(tokenizer, prompt, system)
     if prefix:
         prefix_ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt")["input_ids"]

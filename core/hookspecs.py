@@ -13,6 +13,15 @@ Param specs (``params``) are lists of dicts::
 ``type`` is one of ``int``, ``float``, ``bool``, ``str``, ``choice`` (the
 last needs ``choices``). The dashboard builds each plugin's form from these,
 using ``help`` as the explanation, and the CLI parses ``--param k=v`` by them.
+
+Names: every registered object's ``name`` is a lowercase letter, then up to 63
+lowercase letters, digits, '_' or '-' (e.g. 'qa_jsonl'); unique per kind.
+
+Failures: every call into a plugin's code runs under ``core.registry.Registry.guard``.
+What a function raises (beyond the bad-input errors each hook documents) is the
+plugin's bug: a ``core.registry.PluginError`` naming the plugin, the function and the
+exception type, shown as one line (exit 2 on the CLI, an error box on a page) while
+the rest of TuneLab carries on. ``core.protocols`` types each kind for an IDE.
 """
 
 from __future__ import annotations
@@ -31,23 +40,38 @@ def register_data_formats(register):
 
     ``fmt`` has:
 
-    - ``name`` (str): unique id, lower_snake_case, e.g. ``"alpaca"``.
+    - ``name`` (str): unique id (see Names above), e.g. ``"alpaca"``.
     - ``description`` (str): one sentence for the format picker.
     - ``extensions`` (list[str]): file suffixes it reads, e.g. ``[".json", ".jsonl"]``.
     - ``params`` (list[dict]): param specs for options (may be empty).
     - ``sniff(path, head) -> bool``: ``head`` is the first 64 KiB of the file
       decoded as text (longer when the first JSON record is longer, so that
       it holds one whole record); return True when the file looks like this
-      format. Must be cheap and must not raise.
-    - ``load(path, **params) -> datasets.Dataset``: canonical records, either
-      ``{"messages": [{"role", "content"}, ...]}`` or ``{"text": str}``.
+      format. Must be cheap and should not raise (one that does is recorded
+      and passed over).
+    - ``load(path, **params) -> datasets.Dataset``: canonical records (below).
       Raise ``ValueError`` with a message that names the row (1-based) and
-      the field, and says how to fix it, for malformed input.
+      the field, and says how to fix it, for malformed input: that is shown as
+      the user's data error. Any other exception (``KeyError``, ``TypeError``,
+      ...) is the format's bug and is reported as such, naming the plugin.
     - optional ``iter_records(path, **params)``: the same reading as a stream of
       plain-dict events, one per row: ``{"row", "record", "warnings": [str]}``
       (kept), ``{"row", "dropped": reason}`` (read but not trained on) or
       ``{"row", "error": {"field", "message"}}``. ``data check`` then reads a
       big file in bounded memory and reports what was kept and dropped.
+
+    Canonical records are one of three kinds:
+
+    - ``{"messages": [{"role", "content"}, ...]}``: a conversation, rendered with the
+      model's chat template; the assistant's replies are trained (at least one is needed).
+    - ``{"text": str}``: raw text for continued pre-training; every token trained, cut
+      into ``max_length`` chunks.
+    - ``{"segments": [{"text": str, "label": bool}, ...]}``: raw text pieces, no chat
+      template (Axolotl's ``input_output``). Each piece is tokenized on its own, without
+      special tokens (write BOS/EOS into the text where they belong), and the pieces are
+      joined; a piece with ``label`` true is trained, false is context only (masked with
+      -100). Truncated at ``max_length``. A record with no trained text teaches nothing:
+      drop it (a ``dropped`` event) rather than emit it.
 
     The canonical conversation, in full (only ``role`` and ``content`` are required):
 
@@ -73,10 +97,13 @@ def register_samplers(register):
     - ``name``, ``description`` (str) and ``params`` (list[dict]).
     - ``generation_kwargs(**params) -> dict``: keyword arguments for
       ``model.generate`` (``do_sample``, ``temperature``, ``top_k``,
-      ``num_beams``, ...).
+      ``num_beams``, ...). A key ``model.generate`` does not take, or a value
+      its warpers refuse (a temperature of 0), is reported as the plugin's fault.
     - optional ``logits_processors(**params) -> list``: extra
       ``transformers.LogitsProcessor`` objects applied during generation
-      and when the lesson charts the next-token distribution.
+      and when the lesson charts the next-token distribution. Each is called
+      as ``processor(input_ids, scores)`` and must return the scores tensor;
+      one that raises is reported naming the plugin, not from inside transformers.
     """
 
 
@@ -97,7 +124,8 @@ def register_evaluators(register):
       cast logits with ``.float()`` before a softmax, or leave autocast with
       ``torch.autocast(device, enabled=False)`` for full fp32. Return
       aggregate metrics, keyed by metric name; a key ``"per_sample"`` may
-      hold a list of per-sample scores.
+      hold a list of per-sample scores. An evaluator that raises (or returns
+      something else) is reported with its plugin's name; the others' results are kept.
     """
 
 
@@ -126,8 +154,10 @@ def on_train_start(run):
     """Called once when training starts (and again on resume).
 
     ``run`` is a dict: ``run_dir``, ``config`` (a plain dict), ``total_steps``,
-    ``start_step``. Return value is ignored. A plugin raising here is logged
-    on the run and training carries on.
+    ``start_step``. Return value is ignored. A plugin raising here (or in any
+    lifecycle hook) is logged on the run, in ``status.json``'s ``plugin_errors``
+    (each different message once, with how often it happened; at most five per
+    plugin), and training carries on.
     """
 
 

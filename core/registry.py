@@ -1,5 +1,12 @@
 """The plugin manager: discovers plugins, validates what they register, isolates failures.
 
+Isolation has one mechanism, :meth:`Registry.guard`: every call into a plugin's code (a format's
+``sniff``/``load``/``iter_records``, a sampler's settings and logits processors, an evaluator, a
+backend's ``create``, a lifecycle hook) runs inside it. A failure there becomes a
+:class:`PluginError` (a ``UserError``: one line on the CLI with exit 2, an error box on a page)
+naming the plugin, the contribution, where it failed and the exception's type, and is recorded in
+:attr:`Registry.failures` (a few per plugin; the rest are counted).
+
 Load order (DESIGN.md): entry points of group ``tunelab``, then ``.py`` files
 in ``$TUNELAB_PLUGINS_DIR``, then the built-ins in ``plugins/``. pluggy calls
 the last registered first, so the built-ins are called first and win name
@@ -25,7 +32,6 @@ import os
 import re
 import sys
 import threading
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +45,11 @@ BUILTIN_MODULES = ("plugins.formats", "plugins.samplers", "plugins.evaluators", 
 KINDS = ("data_formats", "samplers", "evaluators", "backends")
 PARAM_TYPES = ("int", "float", "bool", "str", "choice")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+# The same rule in words, for the hookspec, the guide and the error message.
+NAME_RULE = "a lowercase letter, then up to 63 lowercase letters, digits, '_' or '-' (e.g. 'qa_jsonl')"
+FAILURES_PER_PLUGIN = 5  # failures kept per plugin; later ones are counted
+KIND_WORDS = {"data_formats": "format", "samplers": "sampler", "evaluators": "evaluator", "backends": "backend",
+              "hooks": "hook"}
 
 # Attributes each kind must have: (name, check, what it should be).
 _REQUIRED = {
@@ -50,6 +61,69 @@ _REQUIRED = {
                    ("evaluate", callable, "a function evaluate(samples, context, **params) -> dict")],
     "backends": [("create", callable, "a function create(settings) -> core.engine.Engine")],
 }
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (whitespace collapsed, at most 300 characters of message)."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class PluginError(UserError):
+    """A plugin's own code failed: not the user's data or settings, and not TuneLab.
+
+    ``plugin`` (its name), ``kind`` (``data_formats`` ... or ``hooks``), ``contribution`` (the
+    format, sampler, evaluator, backend or hook), ``where`` (the function that failed) and
+    ``exc_type`` (the name of the exception it raised). ``str()`` is one line.
+    """
+
+    def __init__(self, plugin: str, kind: str, contribution: str, where: str, exc: BaseException):
+        self.plugin, self.kind, self.contribution, self.where = plugin, kind, contribution, where
+        self.exc_type = type(exc).__name__
+        what = contribution if kind == "hooks" else f"{KIND_WORDS.get(kind, kind)} '{contribution}'"
+        at = "" if where == contribution else f" ({where})"
+        super().__init__(f"plugin '{plugin}' failed in its {what}{at}: {one_line(exc)} (a bug in the plugin, "
+                         "not in your data or settings: switch it off on the Plugins page, or report it to its "
+                         "author)")
+
+
+class FailureLog:
+    """Failures of plugins' code, per plugin: at most :data:`FAILURES_PER_PLUGIN` different messages kept,
+    each with how often it happened; the rest only counted. An ``on_log`` that raises at every step
+    is one line, not a list growing without end."""
+
+    def __init__(self, per_plugin: int = FAILURES_PER_PLUGIN):
+        self.per_plugin = per_plugin
+        self.kept: dict[str, dict[str, int]] = {}  # plugin -> {message: times}
+        self.others: dict[str, int] = {}  # plugin -> failures whose message was not kept
+        self._lock = threading.Lock()
+
+    def add(self, plugin: str, message: str) -> bool:
+        """Count a failure; True when its message is new and kept (worth printing)."""
+        with self._lock:
+            kept = self.kept.setdefault(plugin, {})
+            if message in kept:
+                kept[message] += 1
+                return False
+            if len(kept) < self.per_plugin:
+                kept[message] = 1
+                return True
+            self.others[plugin] = self.others.get(plugin, 0) + 1
+            return False
+
+    def of(self, plugin: str) -> list[str]:
+        """One plugin's kept messages (``(N times)`` when repeated), and a line counting the others."""
+        with self._lock:
+            kept, others = dict(self.kept.get(plugin, {})), self.others.get(plugin, 0)
+        lines = [m + (f" ({n} times)" if n > 1 else "") for m, n in kept.items()]
+        if others:
+            lines.append(f"plugin '{plugin}': {others} more failure(s) with other messages, not listed")
+        return lines
+
+    def messages(self) -> list[str]:
+        """Every plugin's :meth:`of`, in the order they first failed."""
+        return [m for plugin in list(self.kept) for m in self.of(plugin)]
 
 
 @dataclass
@@ -156,7 +230,7 @@ def validate_contribution(kind: str, obj) -> None:
     """Raise ValueError saying exactly what is wrong with a registered object."""
     name = getattr(obj, "name", None)
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValueError(f"{kind[:-1]} has an invalid 'name' {name!r}: use lowercase letters, digits, '_' or '-'")
+        raise ValueError(f"{kind[:-1]} has an invalid 'name' {name!r}: a name is {NAME_RULE}")
     where = f"{kind[:-1]} '{name}'"
     if not isinstance(getattr(obj, "description", None), str):
         raise ValueError(f"{where}: 'description' must be a string")
@@ -178,6 +252,7 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self._objects = {k: {} for k in KINDS}
         self._owner = {k: {} for k in KINDS}
+        self.failures = FailureLog()  # plugins' code failing after it loaded (see guard)
         self.disabled = read_disabled()
         allow = os.environ.get("TUNELAB_LOAD_PLUGINS")
         self.allow = None if allow is None else {a.strip() for a in allow.split(",") if a.strip()}
@@ -314,32 +389,72 @@ class Registry:
             raise UserError(f"unknown {kind[:-1].replace('_', ' ')} '{name}'; installed: {known}") from None
 
     def owner(self, kind: str, name: str) -> str | None:
-        return self._owner[kind].get(name)
+        return self._owner.get(kind, {}).get(name)
 
     def call(self, hook_name: str, on_error=None, **kwargs) -> list:
         """Call a lifecycle hook on every plugin, isolating each: one raising never stops the rest.
 
-        ``on_error(plugin_name, exc)`` is told about each failure (train.py logs it on the run).
+        A failure is recorded (:attr:`failures`) and ``on_error(plugin_name, exc)`` is told about it
+        (train.py logs it on the run); without ``on_error`` its one line goes to stderr.
         """
         results = []
         for impl in self._impls(hook_name):
             try:
-                results.append(impl.function(**{a: kwargs[a] for a in impl.argnames}))
-            # SystemExit too: a plugin calling sys.exit() must not end a training run either;
-            # KeyboardInterrupt (the user's second Ctrl-C) still goes through
-            except (Exception, SystemExit) as exc:  # noqa: BLE001
-                if self.strict:
-                    raise
+                # SystemExit too (guard catches it): a plugin calling sys.exit() must not end a training run
+                with self.guard("hooks", hook_name, hook_name, plugin=impl.plugin_name):
+                    results.append(impl.function(**{a: kwargs[a] for a in impl.argnames}))
+            except PluginError as error:
                 if on_error:
-                    on_error(impl.plugin_name, exc)
+                    on_error(impl.plugin_name, error.__cause__)
                 else:
-                    traceback.print_exc(file=sys.stderr)
+                    print(f"[tunelab] {error}", file=sys.stderr)
         return results
 
+    @contextlib.contextmanager
+    def guard(self, kind: str, name: str, where: str, passes: tuple = (), plugin: str | None = None):
+        """Run code a plugin contributed: what it raises becomes a :class:`PluginError` naming it.
+
+        ``kind`` and ``name`` say which contribution (``"samplers", "top_k"``; ``"hooks", "on_log"``
+        with ``plugin``), ``where`` which of its functions runs. A ``UserError`` (the plugin saying
+        the user is wrong) and the types in ``passes`` (a format's ``ValueError``: bad data) go
+        through unchanged. The failure is recorded in :attr:`failures`. ``TUNELAB_STRICT_PLUGINS=1``
+        re-raises the plugin's own exception, traceback and all.
+        """
+        try:
+            yield
+        except UserError:
+            raise
+        except passes:
+            raise
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not break the app
+            if self.strict:
+                raise
+            error = PluginError(plugin or self.owner(kind, name) or "?", kind, name, where, exc)
+            self.failures.add(error.plugin, str(error))
+            raise error from exc
+
+    def describe(self, kind: str, name: str) -> dict:
+        """One contribution as plain data: ``name``, ``description``, ``params`` (and ``extensions`` or
+        ``higher_is_better`` where the kind has them)."""
+        obj = self._objects[kind][name]
+        row = {"name": name, "description": obj.description, "params": list(getattr(obj, "params", None) or [])}
+        for attr in ("extensions", "higher_is_better"):
+            if hasattr(obj, attr):
+                value = getattr(obj, attr)
+                row[attr] = list(value) if isinstance(value, tuple) else value
+        return row
+
     def listing(self) -> list[dict]:
-        """Every plugin as a dict (built-ins first), for the CLI's ``--json`` and the Plugins page."""
+        """Every plugin as a dict (built-ins first), for the CLI's ``--json`` and the Plugins page.
+
+        Besides :meth:`PluginInfo.to_dict`: ``contributions`` (each contribution :meth:`describe`\ d,
+        by kind) and ``failures`` (what its code raised since it loaded, capped: :class:`FailureLog`).
+        """
         order = {"builtin": 0, "entrypoint": 1, "dir": 2}
-        return [p.to_dict() for p in sorted(self.plugins.values(), key=lambda p: (order.get(p.source, 3), p.name))]
+        return [{**p.to_dict(), "failures": self.failures.of(p.name),
+                 "contributions": {kind: [self.describe(kind, n) for n in names]
+                                   for kind, names in p.contributes.items()}}
+                for p in sorted(self.plugins.values(), key=lambda p: (order.get(p.source, 3), p.name))]
 
 
 def read_disabled() -> set[str]:

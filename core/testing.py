@@ -20,7 +20,8 @@ Fixtures:
 - ``tiny_model_dir`` / ``tiny_model_and_tokenizer``: a two-layer random Llama with the embedded
   model's tokenizer, offline, built once per test session (generation takes milliseconds).
 - ``check_data_format``, ``check_sampler``, ``check_evaluator``: the contract check of each kind
-  (the functions of the same names below), as fixtures.
+  (the functions of the same names below), as fixtures. ``check_data_format`` checks ``load`` and,
+  when the format has it, ``iter_records`` (which data check and training read), event by event.
 
 Nothing here imports Streamlit.
 """
@@ -37,11 +38,9 @@ import pytest
 
 from . import registry as _registry
 from .registry import Registry, resolve_params, validate_contribution
-from . import generate, models
+from . import data, generate, models
 
 hookimpl = pluggy.HookimplMarker("tunelab")
-
-ROLES = {"system", "user", "assistant"}
 
 # Held-out samples as core.evaluate hands them to evaluators (``answer`` is the model's).
 SAMPLES = [
@@ -99,17 +98,13 @@ def registered(plugin, name: str = "plugin-under-test", strict: bool = True):
 # -- contract checks --------------------------------------------------------------------------
 
 def check_record(record, where: str = "record") -> None:
-    """Assert ``record`` is canonical: ``{"messages": [{role, content}, ...]}`` or ``{"text": str}``."""
-    assert isinstance(record, dict), f"{where}: expected a dict, got {type(record).__name__}"
-    if record.get("messages") is not None:
-        messages = record["messages"]
-        assert isinstance(messages, list) and messages, f"{where}: 'messages' must be a non-empty list"
-        for i, m in enumerate(messages):
-            assert m.get("role") in ROLES, f"{where}: messages[{i}].role {m.get('role')!r} is not one of {ROLES}"
-            assert isinstance(m.get("content"), str), f"{where}: messages[{i}].content must be a string"
-        assert any(m["role"] == "assistant" for m in messages), f"{where}: no assistant turn to learn from"
-    else:
-        assert isinstance(record.get("text"), str), f"{where}: needs 'messages' (a list) or 'text' (a string)"
+    """Assert ``record`` is canonical: ``{"messages": [{role, content}, ...]}`` (roles system, user,
+    assistant, tool; an assistant turn among them), ``{"text": str}`` or ``{"segments": [{text, label}]}``.
+
+    The same rule the engine applies to every record a format yields (``core.data.canonical_problem``).
+    """
+    problem = data.canonical_problem(record)
+    assert problem is None, f"{where}: {problem}"
 
 
 def check_data_format(fmt, path, sniffs: bool = True, **params):
@@ -131,12 +126,35 @@ def check_data_format(fmt, path, sniffs: bool = True, **params):
     assert isinstance(said, bool), f"sniff must return True or False, got {said!r}"
     if sniffs:
         assert said, f"format '{fmt.name}' does not recognise {Path(path).name} (sniff returned False)"
-    dataset = fmt.load(path, **resolve_params(fmt.params, params))
+    values = resolve_params(fmt.params, params)
+    dataset = fmt.load(path, **values)
     assert isinstance(dataset, Dataset), f"load must return a datasets.Dataset, got {type(dataset).__name__}"
     assert len(dataset) > 0, "load returned no records"
     for i, record in enumerate(dataset):
         check_record(record, f"record {i + 1}")
+    if getattr(fmt, "iter_records", None) is not None:
+        check_iter_records(fmt, path, len(dataset), **values)
     return dataset
+
+
+def check_iter_records(fmt, path, expected: int | None = None, **params) -> list[dict]:
+    """``iter_records(path)``: every event well formed (``row``, then a canonical ``record``, a
+    ``dropped`` reason or an ``error`` with a ``message``), and as many records kept as ``load`` gave
+    (``expected``). Returns the events."""
+    events = list(fmt.iter_records(str(path), **params))
+    assert events, "iter_records yielded no event"
+    for event in events:
+        try:
+            data.checked_event(event)
+        except TypeError as exc:
+            raise AssertionError(f"iter_records: {exc}") from None
+        assert isinstance(event["row"], int) and event["row"] >= 1, f"an event's row must be 1-based, got {event['row']!r}"
+        assert all(isinstance(w, str) for w in event.get("warnings") or ()), "warnings must be strings"
+        assert "dropped" not in event or isinstance(event["dropped"], str), "'dropped' must be the reason, a string"
+    kept = sum("record" in e for e in events)
+    if expected is not None and not any("error" in e for e in events):
+        assert kept == expected, f"iter_records kept {kept} records but load returned {expected}: they must agree"
+    return events
 
 
 def check_sampler(sampler, model=None, tokenizer=None, max_new_tokens: int = 4, **params):
@@ -173,7 +191,7 @@ def check_evaluator(evaluator, samples=None, context=None, **params) -> dict:
     """
     validate_contribution("evaluators", evaluator)
     samples = SAMPLES if samples is None else samples
-    context = context or {"model": None, "tokenizer": None, "max_length": 256, "encode": None}
+    context = context or {"model": None, "tokenizer": None, "max_length": 256, "encode": None, "precision": "fp32"}
     result = evaluator.evaluate([dict(s) for s in samples], context, **resolve_params(evaluator.params, params))
     assert isinstance(result, dict) and result, f"evaluate must return a non-empty dict, got {result!r}"
     for key, value in result.items():

@@ -31,7 +31,7 @@ from .errors import UserError
 from .machine import Precision, auto_precision, resolve_precision
 from .models import default_lora_targets
 from .plan import lr_factor, lr_schedule_at, warmup_steps
-from .registry import get_registry
+from .registry import FailureLog, get_registry, one_line
 from . import fused
 
 OOM_LADDER = (
@@ -380,14 +380,14 @@ class _Hooks:
     """Calls the plugins' lifecycle hooks; a plugin that raises is logged on the run, not fatal."""
 
     def __init__(self, registry, run_dir: Path, run: dict):
-        self.registry, self.run_dir, self.run, self.errors = registry, run_dir, run, []
+        self.registry, self.run_dir, self.run, self.errors = registry, run_dir, run, FailureLog()
 
     def __call__(self, name: str, **kwargs) -> None:
-        def on_error(plugin, exc):
-            message = f"plugin '{plugin}' raised in {name}: {type(exc).__name__}: {exc}"
-            self.errors.append(message)
-            print(f"[tunelab] {message} (training continues)", file=sys.stderr, flush=True)
-            runs.write_status(self.run_dir, plugin_errors=self.errors[-20:])
+        def on_error(plugin, exc):  # kept: each plugin's first few (an on_log raising every step is counted)
+            message = f"plugin '{plugin}' raised in {name}: {one_line(exc)}"
+            if self.errors.add(plugin, message):
+                print(f"[tunelab] {message} (training continues)", file=sys.stderr, flush=True)
+            runs.write_status(self.run_dir, plugin_errors=self.errors.messages())
         self.registry.call(name, on_error=on_error, run=self.run, **kwargs)
 
 

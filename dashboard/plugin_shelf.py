@@ -49,6 +49,8 @@ def plugin_card(plugin: dict) -> None:
                 st.rerun()
         if plugin.get("error"):
             (st.error if plugin["status"] == "failed" else st.caption)(plugin["error"])
+        for failure in plugin.get("failures") or []:  # its code raised since it loaded (a few, counted)
+            st.warning(failure, icon=":material/bug_report:")
         contributions = [f"{KIND_LABELS.get(k, k)}: " + ", ".join(f"`{n}`" for n in names)
                          for k, names in (plugin.get("contributes") or {}).items() if names]
         if contributions:

@@ -4,6 +4,7 @@ The engine reads and checks the file (``detect_format``, ``check_data``, ``load_
 ``encode_example``); the page shows the report and writes the choice into the planned run.
 """
 
+import html
 import json
 from pathlib import Path
 
@@ -100,7 +101,8 @@ def report_metrics(report: dict, max_length: int) -> None:
     m = st.columns(5)
     m[0].metric("Records", f"{report['records']:,}")
     m[1].metric("Kind", " + ".join(report.get("kinds") or {}) or "?",
-                help="messages = conversations (chat); text = raw text (continued pre-training).")
+                help="messages = conversations (chat); text = raw text (continued pre-training); segments = raw "
+                     "text pieces without a chat template, each trained or not (Axolotl's input_output).")
     m[2].metric("Empty", len(report.get("empty") or []), help="Records with an empty message or text.")
     m[3].metric("Duplicates", len(report.get("duplicates") or []), help="Exact repeats of an earlier record.")
     m[4].metric(f"Over {max_length} tokens", report.get("over_max_length", 0),
@@ -152,9 +154,27 @@ def first_records(rows: list[dict]) -> None:
                     with st.chat_message("user" if role == "user" else ("assistant" if role == "assistant" else "ai"),
                                          avatar=":material/settings:" if role == "system" else None):
                         st.markdown(f"*{role}*  \n{message['content'][:1200]}")
+            elif record.get("segments"):
+                st.html(segments_html(record["segments"]))
+                st.caption("Raw text, no chat template: the green pieces (label true) are trained, the grey ones "
+                           "(label false) are context only.")
             else:
                 text = record.get("text") or ""
                 st.text(text[:800] + (" …" if len(text) > 800 else ""))
+
+
+def segments_html(segments: list[dict], limit: int = 1200) -> str:
+    """A segments record as its text, trained pieces green and untrained ones grey (the first ``limit`` characters)."""
+    out, left = [], limit
+    for segment in segments:
+        text = segment["text"][:max(left, 0)]
+        left -= len(segment["text"])
+        style = ("background:#bbf7d0;color:#14532d" if segment["label"] else
+                 "background:#eeeeee;color:#6b6b6b")
+        out.append(f'<span style="{style};white-space:pre-wrap;border-radius:4px;padding:1px 2px">'
+                   f"{html.escape(text)}</span>")
+    return '<div style="font-family:monospace;font-size:0.85rem;line-height:1.7">' + "".join(out) + (
+        " …" if left < 0 else "") + "</div>"
 
 
 def token_lengths(lengths: dict, max_length: int) -> None:

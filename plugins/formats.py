@@ -1,8 +1,9 @@
-"""Built-in data formats: alpaca, sharegpt, messages, csv, text — and the layouts other tools write.
+"""Built-in data formats: alpaca, sharegpt, messages, csv, text, input_output — and the layouts other tools write.
 
-A plugin like any other: it imports only pluggy and datasets, registers plain objects through
-the ``register_data_formats`` hook, and turns each file into canonical records
-(``{"messages": [...]}`` or ``{"text": ...}``, see ``core/hookspecs.py``).
+A plugin like any other: it imports only pluggy and datasets (and the reader layer, core.readers),
+registers plain objects through the ``register_data_formats`` hook, and turns each file into
+canonical records (``{"messages": [...]}``, ``{"text": ...}`` or ``{"segments": [...]}``, see
+``core/hookspecs.py``).
 
 Besides the plain layouts, the three chat formats read what LLaMA-Factory, OpenAI and TRL files
 hold (docs/data-formats.md has a sample of each):
@@ -118,14 +119,22 @@ def media_message(what: str) -> str:
 
 
 # -- turns and conversations -----------------------------------------------------------------
+def json_type(value) -> str:
+    """A value's type as the messages name it: ``null`` for JSON null, else the Python type (int, list, ...)."""
+    return "null" if value is None else type(value).__name__
+
+
 def get_str(item, field, required=True, default=""):
-    if field not in item or item[field] is None:
+    """The string under ``field``; a required one missing or null, or any non-string, is refused."""
+    if item.get(field) is None:
+        if required and field in item:
+            raise FieldError(field, f"'{field}' is null, where its text belongs; write the text, or delete the record")
         if required:
             raise FieldError(field, f"'{field}' is missing; every record needs it")
         return default
     value = item[field]
     if not isinstance(value, str):
-        raise FieldError(field, f"'{field}' must be a string, got {type(value).__name__}")
+        raise FieldError(field, f"'{field}' must be a string, got {json_type(value)}")
     return value
 
 
@@ -142,7 +151,7 @@ def content_text(content, field, reading: Reading, tool_calls: list) -> str:
     if isinstance(content, dict):
         content = [content]
     if not isinstance(content, list):
-        raise FieldError(field, f"'content' must be a string or a list of parts, got {type(content).__name__}")
+        raise FieldError(field, f"'content' must be a string or a list of parts, got {json_type(content)}")
     texts = []
     for k, part in enumerate(content):
         where = f"{field}[{k}]"
@@ -199,13 +208,19 @@ def make_turn(turn: dict, field: str, reading: Reading, role_key="role", content
     speaker = turn.get(role_key)
     if not isinstance(speaker, str):
         raise FieldError(f"{field}.{role_key}", f"'{role_key}' must be a string such as user or assistant, "
-                                                f"got {type(speaker).__name__}")
+                                                f"got {json_type(speaker)}")
     role = SPEAKERS.get(speaker.strip().lower())
     if role is None:
         known = "human, gpt, system" if role_key == "from" else "system, user or assistant"
         word = "speaker" if role_key == "from" else "role"
         raise FieldError(f"{field}.{role_key}", f"unknown {word} {speaker!r}; use {known}")
     calls = []
+    if turn.get(content_key) is None and not (role == "assistant" and (turn.get("tool_calls") or turn.get("function_call"))):
+        # only an assistant turn that calls a tool may go without text (OpenAI writes content: null there)
+        said = "null" if content_key in turn else "missing"
+        article = "an" if role == "assistant" else "a"
+        raise FieldError(f"{field}.{content_key}", f"'{content_key}' is {said}: {article} {role} turn needs its text "
+                                                   "as a string; write it, or delete the turn")
     content = content_text(turn.get(content_key), f"{field}.{content_key}", reading, calls)
     if speaker.strip().lower() == "function_call":  # LLaMA-Factory: the call itself is the value
         calls, content = [parse_call(turn.get(content_key), f"{field}.{content_key}")], ""
@@ -341,9 +356,14 @@ def alpaca_record(item, reading=None):
     history = item.get("history") or []
     if not isinstance(history, list) or not all(isinstance(h, list) and len(h) == 2 for h in history):
         raise FieldError("history", "'history' must be a list of [question, answer] pairs")
-    for k, (question, answer) in enumerate(history):
-        messages += [{"role": "user", "content": reading.text(str(question), f"history[{k}][0]")},
-                     {"role": "assistant", "content": reading.text(str(answer), f"history[{k}][1]")}]
+    for k, pair in enumerate(history):
+        for j, value in enumerate(pair):
+            if not isinstance(value, str):
+                raise FieldError(f"history[{k}][{j}]", f"each history entry is [question, answer], two strings; "
+                                                       f"got {json_type(value)}")
+        question, answer = pair
+        messages += [{"role": "user", "content": reading.text(question, f"history[{k}][0]")},
+                     {"role": "assistant", "content": reading.text(answer, f"history[{k}][1]")}]
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
     messages.append({"role": "user", "content": user})
     pref = preference_key(item)
@@ -521,6 +541,40 @@ def iter_text(path, split="paragraph"):
         yield {"row": row, "record": {"text": chunk.strip()}, "warnings": []}
 
 
+# -- input_output (Axolotl's template-free layout) ----------------------------------------------
+def segments_record(item, reading=None):
+    """``{"segments": [{"text", "label"}, ...]}``: raw text pieces, no chat template; ``label`` true is
+    trained, false is shown to the model as context. A record with no trained text is dropped."""
+    segments = item.get("segments")
+    if not isinstance(segments, list) or not segments:
+        said = "missing" if "segments" not in item else "an empty list" if segments == [] else json_type(segments)
+        raise FieldError("segments", f"'segments' is {said}; each record needs a non-empty list of "
+                                     '{"text": "...", "label": true|false}')
+    out = []
+    for i, segment in enumerate(segments):
+        where = f"segments[{i}]"
+        if not isinstance(segment, dict):
+            raise FieldError(where, f'each segment must be an object {{"text": ..., "label": ...}}, got {json_type(segment)}')
+        text = segment.get("text")
+        if not isinstance(text, str):
+            said = "missing" if "text" not in segment else json_type(text)
+            raise FieldError(f"{where}.text", f"a segment's 'text' must be a string, got {said}")
+        label = segment.get("label")
+        if not isinstance(label, bool):
+            said = "missing" if "label" not in segment else json_type(label) + (f" {label!r}" if label is not None else "")
+            raise FieldError(f"{where}.label", f"a segment's 'label' must be true (train on this text) or false "
+                                               f"(context only), got {said}")
+        out.append({"text": text, "label": label})
+    if not any(s["label"] and s["text"].strip() for s in out):
+        raise Drop("no segment has label true and some text: nothing to train")
+    return {"segments": out}
+
+
+def iter_segments(path):
+    """Events for an ``input_output`` file (JSON lines or a JSON array of segment records)."""
+    return iter_converted(path, iter_json_rows(path), segments_record, Reading())
+
+
 # -- sniffing --------------------------------------------------------------------------------
 def first_record(head: str):
     """The first record of a JSON array or JSON lines file, from its head (None if it cannot be parsed)."""
@@ -571,6 +625,11 @@ def is_text(path, head):
         return True
     item = first_record(head)
     return isinstance(item.get("text"), str) if item is not None else looks_like_json(head, "text")
+
+
+def is_segments(head):
+    item = first_record(head)
+    return isinstance(item.get("segments"), list) if item is not None else looks_like_json(head, "segments", "label")
 
 
 def _ext(path, *exts):
@@ -627,11 +686,14 @@ FORMATS = [
            params=[{"name": "split", "type": "choice", "default": "paragraph", "choices": ["paragraph", "line"],
                     "help": "How a .txt file becomes examples: one per paragraph (blank-line separated) "
                             "or one per line."}]),
+    Format("input_output", "Template-free raw text with trained and untrained spans: {segments: [{text, label}]} "
+                           "(Axolotl's input_output); label true is learned, false is context only.",
+           [".jsonl", ".json"], lambda path, head: is_segments(head), iter_segments),
 ]
 
 
 @hookimpl
 def register_data_formats(register):
-    """The five built-in formats."""
+    """The six built-in formats."""
     for fmt in FORMATS:
         register(fmt)

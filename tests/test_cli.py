@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REAL_WORLD, REPO
 
-BUILTIN_FORMATS = ["alpaca", "sharegpt", "messages", "csv", "text"]
+BUILTIN_FORMATS = ["alpaca", "sharegpt", "messages", "csv", "text", "input_output"]
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_plugins_table(env):
     assert header.split()[:4] == ["plugin", "source", "version", "status"]
     formats = next(r for r in rows if r.startswith("formats "))
     assert "builtin" in formats and "loaded" in formats
-    assert "data_formats: alpaca, sharegpt, messages, csv, text" in formats
+    assert "data_formats: alpaca, sharegpt, messages, csv, text, input_output" in formats
 
 
 def test_plugins_builtins_only(env, tmp_path):

@@ -11,7 +11,7 @@ from transformers import LogitsProcessor
 
 from core import generate as gen
 from core.errors import UserError
-from core.registry import Registry, validate_contribution
+from core.registry import PluginError, Registry, validate_contribution
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 BUILTIN = ["greedy", "temperature", "top_k", "top_p", "min_p", "beam"]
@@ -186,7 +186,8 @@ def test_stream_reraises_errors_from_the_generation_thread(tiny):
                                      generation_kwargs=lambda: {}, logits_processors=lambda: [Boom()]))
 
     registry = Registry(load_external=False, extra_plugins=[(Plugin(), "boom_plugin")])
-    with pytest.raises(RuntimeError, match="boom"):
+    # raised inside transformers, in the generation thread: re-raised in the reader's, naming the plugin
+    with pytest.raises(PluginError, match=r"plugin 'boom_plugin' failed in its sampler 'boom' .*RuntimeError: boom"):
         list(gen.generate(model, tokenizer, "hi", "boom", max_new_tokens=4, stream=True, registry=registry))
 
 

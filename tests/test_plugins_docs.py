@@ -184,7 +184,7 @@ def sampler(**over):
 
 
 def test_builtin_registry_fixture(builtin_registry):
-    assert list(builtin_registry.items("data_formats")) == ["alpaca", "sharegpt", "messages", "csv", "text"]
+    assert list(builtin_registry.items("data_formats")) == ["alpaca", "sharegpt", "messages", "csv", "text", "input_output"]
     assert all(p["source"] == "builtin" for p in builtin_registry.listing())
 
 

@@ -15,7 +15,7 @@ from core.registry import Registry, coerce_param, resolve_params
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 
-BUILTIN_FORMATS = ["alpaca", "sharegpt", "messages", "csv", "text"]
+BUILTIN_FORMATS = ["alpaca", "sharegpt", "messages", "csv", "text", "input_output"]
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,7 @@ def plugin_registering(*objects, kind="data_formats"):
 
 
 # -- built-ins -------------------------------------------------------------------------------
-def test_builtins_load_and_contribute_exactly_the_five_formats():
+def test_builtins_load_and_contribute_exactly_the_six_formats():
     reg = Registry(load_external=False)
     assert list(reg.items("data_formats")) == BUILTIN_FORMATS
     by_name = {p["name"]: p for p in reg.listing()}
@@ -83,7 +83,7 @@ def test_third_party_plugin_contributes():
     plugin = plugin_registering(fmt("yaml_chat"))
     reg = Registry(load_external=False, extra_plugins=[(plugin, "yaml-plugin")])
     assert "yaml_chat" in reg.items("data_formats")
-    assert list(reg.items("data_formats"))[:5] == BUILTIN_FORMATS  # built-ins come first
+    assert list(reg.items("data_formats"))[:len(BUILTIN_FORMATS)] == BUILTIN_FORMATS  # built-ins come first
     info = {p["name"]: p for p in reg.listing()}["yaml-plugin"]
     assert info["status"] == "loaded" and info["contributes"]["data_formats"] == ["yaml_chat"]
     assert reg.owner("data_formats", "yaml_chat") == "yaml-plugin"
@@ -262,7 +262,7 @@ def test_plugin_dir_isolates_each_failure(plugin_dir):
         assert problem in info["error"], (name, info["error"])
         assert info["source"] == "dir"
     # everything else still works
-    assert list(reg.items("data_formats"))[:5] == BUILTIN_FORMATS
+    assert list(reg.items("data_formats"))[:len(BUILTIN_FORMATS)] == BUILTIN_FORMATS
     assert "no_load" not in reg.items("data_formats")
     assert "bad_params" not in reg.items("samplers")
     assert all(p["status"] == "loaded" for p in reg.listing() if p["source"] == "builtin")

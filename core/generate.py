@@ -129,10 +129,12 @@ def checked_settings(sampler: str, kwargs: dict, registry=None) -> None:
     """Check the sampler's settings the way ``model.generate`` will use them, naming the plugin on failure:
     every key must be a generation setting, and the warpers they ask for must build (a temperature of 0
     fails here, not deep inside generation)."""
-    from transformers import GenerationConfig
+    import inspect
+
+    from transformers import GenerationConfig, GenerationMixin
 
     registry = registry or get_registry()
-    known = set(GenerationConfig().to_dict())
+    known = set(GenerationConfig().to_dict()) | set(inspect.signature(GenerationMixin.generate).parameters)
     with registry.guard("samplers", sampler, "generation_kwargs"):
         unknown = sorted(set(kwargs) - known)
         if unknown:

@@ -408,3 +408,25 @@ def tiny_run_root(tmp_path, tiny_model, chat_file, monkeypatch):
     result = train(cfg, root / "tiny", registry=Registry(load_external=False))
     assert result["state"] == "finished", result
     return root / "tiny", chat_file
+
+
+@pytest.mark.parametrize("kwargs, problem", [
+    ({"do_sample": True, "temperatur": 0.5}, "TypeError: returned temperatur, which model.generate does not take"),
+    ({"do_sample": True, "temperature": 0.0}, "ValueError: `temperature` (=0.0) has to be a strictly positive"),
+    (["do_sample", True], "not a dict of keyword arguments"),
+])
+def test_a_samplers_unusable_settings_are_its_fault(tiny, kwargs, problem):
+    from core import generate
+
+    class Plugin:
+        @hookimpl
+        def register_samplers(self, register):
+            register(types.SimpleNamespace(name="odd", description="d", params=[], generation_kwargs=lambda: kwargs))
+
+    model, tokenizer = tiny
+    reg = Registry(load_external=False, extra_plugins=[(Plugin(), "odd-plugin")])
+    for call in (generate.next_token_distribution, generate.generate):
+        with pytest.raises(PluginError) as info:
+            call(model, tokenizer, "hi", "odd", registry=reg)
+        assert "plugin 'odd-plugin' failed in its sampler 'odd' (generation_kwargs)" in str(info.value)
+        assert problem in str(info.value)

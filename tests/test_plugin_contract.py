@@ -13,7 +13,6 @@ import pytest
 from conftest import REPO
 from core import data, hookspecs, protocols
 from core.registry import NAME_RE, NAME_RULE, Registry, validate_contribution
-from core.testing import check_data_format, check_evaluator, check_record
 
 GUIDE = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
 
@@ -55,6 +54,8 @@ def test_the_builtins_satisfy_the_protocols_and_the_guide_names_them():
 # -- the kit -----------------------------------------------------------------------------------
 
 def test_the_kit_accepts_every_canonical_shape_and_role_tool():
+    from core.testing import check_record  # imported here: core.testing is also a pytest plugin (test_plugins_docs)
+
     check_record({"messages": [{"role": "user", "content": "weather?"},
                                {"role": "assistant", "content": "", "tool_calls": '[{"name": "w"}]'},
                                {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]})
@@ -75,6 +76,8 @@ def streaming_format(events, records):
 
 
 def test_the_kit_checks_iter_records(write):
+    from core.testing import check_data_format
+
     path = write("x.jsonl", "{}\n")
     record = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     good = [{"row": 1, "record": record, "warnings": []}, {"row": 2, "dropped": "KTO: undesirable"}]
@@ -91,6 +94,8 @@ def test_the_kit_checks_iter_records(write):
 
 
 def test_check_evaluator_passes_the_documented_context():
+    from core.testing import check_evaluator
+
     seen = {}
 
     def evaluate(samples, context):

@@ -30,6 +30,12 @@ This module launches nothing. The engine's verb starts an experiment as::
 and starts the next one when :func:`next_to_start` says so (it answers None while a run of the
 experiment is queued or running, so the runs go one after another, as the budget assumes). Stop:
 ``for run_id in mark_stopped(exp): <stop run_id>`` — no further run starts after it.
+
+Who does that: on this machine a small driver process per experiment (``core.experiment_driver``:
+``python -m core experiment-run EXP_DIR``, or the CLI's foreground); on the Ray backend the client
+submits every run at once as its own Ray job and the record lives in its mirror folder
+(``core.backends.ray``). The engine's verbs (``Engine.start_experiment``, ``experiment``,
+``list_experiments``, ``stop_experiment``) are the way in.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from .curves import MIN_ROWS, experiment_verdict
 from .errors import UserError
 from .paths import runs_root
 from .plan import estimate_seconds, warmup_steps
-from .runs import ACTIVE, progress, read_metrics, read_status, safe_run_id, write_atomic
+from .runs import ACTIVE, progress, read_metrics, read_status, safe_run_id, shared_deployment, write_atomic
 
 EXPERIMENTS_DIR = "experiments"  # under the run store, beside the runs (see the module docstring)
 RECORD = "experiment.json"
@@ -292,6 +298,12 @@ def plan_experiment(base: RunConfig, setting: str, values: list, budget_s: float
             "why": why, "notes": _notes(key, base, runs_out)}
 
 
+def check_values(base: RunConfig, setting: str, values, budget_s=DEFAULT_BUDGET_S) -> list:
+    """The values of ``setting`` parsed, or the UserError :func:`plan_experiment` would raise for them (their
+    count, a bad or repeated value, the budget): what a caller checks before it reads the data."""
+    return _checked_values(base, setting_key(setting), values, budget_s, None)
+
+
 def _checked_values(base: RunConfig, key: str, values, budget_s, seconds_per_step) -> list:
     """The values parsed, after checking their count, that they differ, the budget and the speed."""
     label = SETTINGS[key]["label"]
@@ -378,9 +390,10 @@ def experiments_root(root=None) -> Path:
     return Path(root or runs_root()) / EXPERIMENTS_DIR
 
 
-def create_experiment(root, plan: dict) -> Path:
+def create_experiment(root, plan: dict, owner: str | None = None) -> Path:
     """Write ``<root>/experiments/<exp id>/experiment.json`` (``root``: the run store, None = the default
-    one) with the plan and no run started yet. Returns the experiment's folder."""
+    one) with the plan and no run started yet. ``owner``: the session that starts it (its runs are that
+    session's, see ``core.runs.can_control``). Returns the experiment's folder."""
     folder = experiments_root(root)
     folder.mkdir(parents=True, exist_ok=True)
     exp_id = safe_run_id(f"{plan['setting']} experiment")
@@ -392,11 +405,21 @@ def create_experiment(root, plan: dict) -> Path:
         except FileExistsError:
             continue
     record = {"id": path.name, "created": time.time(), "setting": plan["setting"], "label": plan["label"],
-              "stopped": False, "plan": plan,
+              "stopped": False, "owner": owner, "plan": plan,
               "runs": [{"label": r["label"], "value": r["value"], "name": r["name"], "run_id": None,
                         "started_at": None} for r in plan["runs"]]}
     write_atomic(path / RECORD, json.dumps(record, indent=2))
     return path
+
+
+def experiment_folder(exp_id: str, root=None) -> Path:
+    """The folder of the experiment called ``exp_id`` (a folder name under ``<runs>/experiments``);
+    UserError when there is none."""
+    exp_id = str(exp_id or "")
+    folder = experiments_root(root) / exp_id
+    if not re.fullmatch(r"[^/\\]+", exp_id) or exp_id.startswith(".") or not (folder / RECORD).is_file():
+        raise UserError(f"there is no experiment called '{exp_id}' in {experiments_root(root)}")
+    return folder
 
 
 def _folder(path) -> Path:
@@ -513,6 +536,25 @@ def mark_started(path, label: str, run_id: str) -> dict:
             raise UserError(f"experiment {record['id']}: {label} already ran as {entry['run_id']}")
         entry.update(run_id=run_id, started_at=time.time())
     return record
+
+
+def run_ids(path) -> list[str]:
+    """The ids of the experiment's runs started so far, in the order of its values."""
+    return [e["run_id"] for e in _load(_folder(path))["runs"] if e.get("run_id")]
+
+
+def was_stopped(path) -> bool:
+    """Whether the experiment was stopped (:func:`mark_stopped`): no further run of it may start."""
+    return bool(_load(_folder(path)).get("stopped"))
+
+
+def check_owner(path, owner: str | None, verb: str = "stop") -> None:
+    """On a shared server (``TUNELAB_SHARED=1``), only the session that started an experiment may ``verb``
+    it; anyone may on a single-user install (as for runs: ``core.runs.can_control``)."""
+    record = _load(_folder(path))
+    if shared_deployment() and (owner is None or record.get("owner") != owner):
+        raise UserError(f"experiment {record['id']} was started by another session; on this shared server only "
+                        f"the session that started it can {verb} it")
 
 
 def mark_stopped(path) -> list[str]:

@@ -44,6 +44,9 @@ CONFIG_DOCS: dict[str, tuple[str, object]] = {
     "max_grad_norm": ("Clip the gradient norm to this (0 = no clipping). Guards against loss spikes.", (0.0, 1000.0)),
     "eval_every": ("Run validation every N optimizer steps (0 = only at the end).", (0, 10_000_000)),
     "save_every": ("Save a checkpoint every N optimizer steps (0 = only when stopping and at the end).", (0, 10_000_000)),
+    "keep_checkpoints": ("How many of the newest checkpoints to keep while training (older ones are deleted as new "
+                         "ones are saved). A full fine-tuning checkpoint is about 3x the model (weights and AdamW's "
+                         "two moments); a finished run keeps none, only final/.", (1, 1000)),
     "log_every": ("Write a metrics row every N optimizer steps (1 = every step).", (1, 10_000)),
     "seed": ("Random seed: same seed, same data order and initial adapters, same curve.", (0, 2**31 - 1)),
     "precision": ("'auto' = bf16 autocast on CPUs with native bf16 (AVX-512 BF16 or AMX), else fp32 on CPU; bf16 on GPUs that support it, else fp16 with a grad scaler.", PRECISION_CHOICES),
@@ -55,7 +58,34 @@ CONFIG_DOCS: dict[str, tuple[str, object]] = {
 ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
            "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
            "lr_scheduler_type": "scheduler", "max_seq_length": "max_length", "warmup": "warmup_ratio",
-           "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout"}
+           "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+           "save_total_limit": "keep_checkpoints"}
+
+# Why each range is what it is: said beside a refused value (the page's widget, --set, a config file).
+RANGE_REASONS = {
+    "data.val_fraction": "it is a share of the examples, and holding out more than half leaves less to learn from "
+                         "than to check with",
+    "lora.r": "the adapters need a width of at least 1, and past 512 they are as large as the layers they adapt",
+    "lora.alpha": "the adapters' scale is alpha / r; commonly alpha = 2 x r",
+    "lora.dropout": "it is a probability; above 0.9 the adapters would see almost nothing",
+    "max_length": "an example needs room for a question and an answer (8 tokens at least), and 32,768 is beyond "
+                  "what any model here reads at once (and what memory holds)",
+    "epochs": "it counts passes over the data, so 0 trains nothing; for an exact number of steps set max_steps",
+    "max_steps": "0 means 'count the steps from epochs'; 10 million steps would not finish on any machine here",
+    "batch_size": "a forward pass needs at least one example",
+    "grad_accum": "an optimizer step needs at least one micro-batch",
+    "workers": "training needs at least one process",
+    "lr": "it is the size of each step: at 0 nothing is learned, below 0 the model is pushed the wrong way, and "
+          "above 1 every step overshoots (full fine-tuning: 1e-5 to 1e-4; LoRA: 1e-4 to 1e-3)",
+    "warmup_ratio": "it is a share of the steps; warming up for more than half of them leaves little at full speed",
+    "weight_decay": "it is a share of each weight taken away per step; 0 to 0.1 is typical, 1 would erase them",
+    "max_grad_norm": "0 turns clipping off; a negative norm means nothing",
+    "eval_every": "0 means 'only at the end'; a negative interval means nothing",
+    "save_every": "0 means 'only when stopping and at the end'; a negative interval means nothing",
+    "log_every": "a metrics row needs at least one step",
+    "seed": "random seeds are whole numbers from 0 to 2,147,483,647",
+    "keep_checkpoints": "resuming needs at least the newest checkpoint",
+}
 
 
 @dataclass
@@ -98,6 +128,7 @@ class RunConfig:
     max_grad_norm: float = 1.0
     eval_every: int = 10
     save_every: int = 0
+    keep_checkpoints: int = 1
     log_every: int = 1
     seed: int = 0
     precision: str = "auto"
@@ -127,16 +158,11 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def set(self, key: str, value, where: str = "config") -> None:
-        """Set a dotted key (``lora.r``), converting ``value`` to the field's type."""
-        if key in ("data", "lora"):
-            keys = ", ".join(k for k in CONFIG_DOCS if k.startswith(key + "."))
-            raise UserError(f"{where}: '{key}' must be a section of keys ({keys}), got {value!r}")
-        if key not in CONFIG_DOCS:
-            close = [k for k in CONFIG_DOCS if k.split(".")[-1] == key.split(".")[-1]]
-            close = close or [ALIASES[key]] if key in ALIASES else close
-            close = close or difflib.get_close_matches(key, list(CONFIG_DOCS), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(CONFIG_DOCS)}"
-            raise UserError(f"{where}: unknown key '{key}'{hint}")
+        """Set a dotted key (``lora.r``), converting ``value`` to the field's type (its range is
+        checked by :meth:`validate`, or at once by :func:`value_problem`)."""
+        unknown = _unknown_key(key, value)
+        if unknown:
+            raise UserError(f"{where}: {unknown}")
         target, name = self, key
         if "." in key:
             section, name = key.split(".", 1)
@@ -145,17 +171,10 @@ class RunConfig:
         setattr(target, name, _convert(key, value, current, where))
 
     def validate(self, where: str = "config") -> None:
-        for key, (_, rule) in CONFIG_DOCS.items():
-            value = self.get(key)
-            if isinstance(rule, tuple) and len(rule) and isinstance(rule[0], str):
-                if value not in rule:
-                    raise UserError(f"{where}: {key} must be one of {', '.join(rule)}, got {value!r}")
-            elif isinstance(rule, tuple):
-                lo, hi = rule
-                if not lo <= value <= hi:
-                    raise UserError(f"{where}: {key} = {value} is out of range [{lo}, {hi}]")
-        if not self.data.path:
-            raise UserError(f"{where}: data.path is empty; point it at a training file")
+        """UserError naming the first key with a problem (:func:`problems`: the one set of rules)."""
+        found = problems(self)
+        if found:
+            raise UserError(f"{where}: {next(iter(found.values()))}")
 
     def get(self, key: str):
         target = self
@@ -189,6 +208,91 @@ def split_sizes(n_examples: int, val_fraction: float) -> tuple[int, int]:
     return n_examples - n_val, n_val
 
 
+# -- the rules: one owner for the config file, --set and the pages' widgets -----------------------
+TINY_DATA = 20  # fewer examples than this: a caution (memorised, not learned)
+
+
+def value_problem(key: str, value) -> str | None:
+    """Why ``value`` cannot be ``key``, in one sentence that names the key; None when it can.
+
+    ``value`` is what was typed: a number from a widget, a YAML value, or text after ``--set``.
+    The checks are the config's own: the key exists, the value has the key's type, and it lies in
+    the key's range or among its choices (:data:`CONFIG_DOCS`), with the reason (:data:`RANGE_REASONS`).
+    """
+    unknown = _unknown_key(key, value)
+    if unknown:
+        return unknown
+    try:
+        converted = _convert(key, value, RunConfig().get(key), "")
+    except UserError as exc:
+        return str(exc)
+    return _range_problem(key, converted)
+
+
+def problems(config) -> dict[str, str]:
+    """Every problem of a config, by key: ``{"epochs": "epochs = 0.0 is out of range ...: why"}``; {} when
+    there is none. ``config`` is a :class:`RunConfig` or a mapping (nested or dotted keys, as in a
+    YAML file or from a page). :meth:`RunConfig.validate`, ``--set`` and the pages all ask this."""
+    if isinstance(config, RunConfig):
+        flat = _flatten(config.to_dict())
+    elif isinstance(config, dict):
+        flat = _flatten(config)
+    else:
+        return {"": f"expected a mapping of keys to values, got {type(config).__name__}"}
+    found = {key: problem for key, value in flat.items() if (problem := value_problem(key, value))}
+    path = flat.get("data.path", RunConfig().data.path)
+    if "data.path" not in found and not (path or "").strip():
+        found["data.path"] = "data.path is empty; point it at a training file"
+    return found
+
+
+def cautions(cfg: RunConfig, records: int | None, over_max_length: int | None = None,
+             median_tokens: float | None = None, p95_tokens: int | None = None) -> list[str]:
+    """What a valid plan will probably regret, for its data (``records`` examples, ``over_max_length`` of
+    them longer than ``cfg.max_length``): plain sentences, for the pages to show before Start."""
+    out = []
+    if records is not None and 0 < records < TINY_DATA:
+        out.append(f"Only {records} example{'s' if records != 1 else ''}: the model will learn them by heart in a "
+                   f"few steps rather than learn a skill from them. Fine for a quick try; a fine-tune that "
+                   "teaches something typically has a few hundred.")
+    if records and over_max_length:
+        share = over_max_length / records
+        size = (f" The median example is {median_tokens:.0f} tokens" if median_tokens else "") + (
+            f"; max_length = {p95_tokens} would keep 95% of them whole" if p95_tokens else "")
+        out.append(f"{over_max_length} of {records} examples ({share:.0%}) are longer than max_length = "
+                   f"{cfg.max_length} tokens and will be cut: the model trains on their first {cfg.max_length} "
+                   "tokens only, so answers lose their endings (or are dropped entirely when the prompt fills "
+                   f"them).{size + '.' if size else ''}")
+    return out
+
+
+def _unknown_key(key: str, value) -> str | None:
+    """Why ``key`` is not a config key (with the closest one), or None."""
+    if key in ("data", "lora"):
+        keys = ", ".join(k for k in CONFIG_DOCS if k.startswith(key + "."))
+        return f"'{key}' must be a section of keys ({keys}), got {value!r}"
+    if key in CONFIG_DOCS:
+        return None
+    close = [k for k in CONFIG_DOCS if k.split(".")[-1] == key.split(".")[-1]]
+    close = close or [ALIASES[key]] if key in ALIASES else close
+    close = close or difflib.get_close_matches(key, list(CONFIG_DOCS), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(CONFIG_DOCS)}"
+    return f"unknown key '{key}'{hint}"
+
+
+def _range_problem(key: str, value) -> str | None:
+    """Why a value of the right type is outside ``key``'s range or choices, or None."""
+    rule = CONFIG_DOCS[key][1]
+    if isinstance(rule, tuple) and rule and isinstance(rule[0], str):
+        return None if value in rule else f"{key} must be one of {', '.join(rule)}, got {value!r}"
+    if isinstance(rule, tuple):
+        lo, hi = rule
+        if not lo <= value <= hi:  # NaN is refused too: it compares false
+            reason = RANGE_REASONS.get(key)
+            return f"{key} = {value} is out of range [{lo}, {hi}]" + (f": {reason}" if reason else "")
+    return None
+
+
 def changed_keys(cfg: RunConfig) -> dict:
     """The keys of ``cfg`` that differ from the defaults, dotted (``lora.r``), with their values."""
     base = _flatten(RunConfig().to_dict())
@@ -216,7 +320,8 @@ def _convert(key: str, value, current, where: str):
         except yaml.YAMLError:
             pass
         except RecursionError:  # thousands of nested brackets: say so instead of a 3,000-line traceback
-            raise UserError(f"{where}{'' if key in where else ': ' + key}: the value is nested too deeply to read; give a plain value "
+            head = where if key in where else (f"{where}: {key}" if where else key)
+            raise UserError(f"{head}: the value is nested too deeply to read; give a plain value "
                             "such as a number, a word or a short list") from None
         if isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, str):
             try:
@@ -254,7 +359,7 @@ def _convert(key: str, value, current, where: str):
             return str(value)
     expected = {"bool": "true or false", "int": "a whole number", "float": "a number",
                 "list": "a list of names (a, b or [a, b])", "dict": "a mapping", "str": "text"}[kind.__name__]
-    raise UserError(f"{where}: {key} must be {expected}, got {value!r}")
+    raise UserError(f"{where + ': ' if where else ''}{key} must be {expected}, got {value!r}")
 
 
 def load_config(path, overrides=()) -> RunConfig:
@@ -284,8 +389,11 @@ def apply_overrides(cfg: RunConfig, overrides) -> RunConfig:
     for item in overrides or ():
         if "=" not in item:
             raise UserError(f"--set {item}: expected key=value, e.g. --set lr=1e-4")
-        key, value = item.split("=", 1)
-        cfg.set(key.strip(), value.strip(), where=f"--set {key.strip()}")
+        key, value = (part.strip() for part in item.split("=", 1))
+        cfg.set(key, value, where=f"--set {key}")
+        problem = _range_problem(key, cfg.get(key))
+        if problem:  # named at once, with the value as typed
+            raise UserError(f"--set {key}={value}: {problem}")
     cfg.validate("--set")
     return cfg
 

@@ -25,7 +25,8 @@ from . import plan
 from .errors import UserError
 from .registry import get_registry
 from .runs import ACTIVE  # noqa: F401 - pages read the run states through the facade
-from .uploads import allowed_data, save_upload
+from .paths import REPO_ROOT
+from .uploads import allowed_data, bundled_data, save_upload
 
 RUN_PREFIX = "run:"
 
@@ -110,6 +111,11 @@ class Engine:
         """The validation report of ``core.data.check_file`` (token lengths with ``model``'s tokenizer)."""
         raise NotImplementedError
 
+    def table_columns(self, path: str) -> list[str]:
+        """The column names in a CSV or TSV file's header ([] for any other file): what a learner picks
+        the prompt and response columns from."""
+        raise NotImplementedError
+
     def load_records(self, path: str, format: str | None = None, params: dict | None = None,
                      limit: int | None = None) -> list[dict]:
         """The file's canonical records (the first ``limit``)."""
@@ -134,6 +140,12 @@ class Engine:
         """Run one real training step of ``config`` in a worker process and measure its peak memory."""
         raise NotImplementedError
 
+    def training_speed(self, config: dict, measured: list[dict] | None = None) -> dict | None:
+        """The speed a planned run can expect where training runs, learned from the runs there and from
+        ``measured`` steps (``core.runs.observed_speed``): ``{"tokens_per_s", "source", "differs", "sure",
+        "error"}``, or None when nothing comparable ran (the default: a backend that cannot tell)."""
+        return None
+
     # -- lesson 4: runs -----------------------------------------------------------------------
     def start_run(self, config: dict, name: str | None = None, owner: str | None = None) -> str:
         """Create a run from a config dict and start its worker. Returns the run id."""
@@ -147,8 +159,13 @@ class Engine:
         raise NotImplementedError
 
     def list_runs(self) -> list[dict]:
-        """Every run, newest first: its status plus ``run_id``."""
+        """Every run, newest first: its status plus ``run_id`` and ``disk_bytes`` (what its folder takes)."""
         raise NotImplementedError
+
+    def delete_run(self, run_id: str, owner: str | None = None) -> dict:
+        """Delete a run that is not live (``core.runs.delete_run``): ``{"run_id", "freed_bytes"}``. A queued,
+        running or stopping run is refused (stop it first), as is another session's on a shared server."""
+        raise self._not_offered("deleting runs")
 
     def find_run(self, run_id: str | None) -> str | None:
         """``run_id`` if such a run exists, else None (ids are folder names, nothing more)."""
@@ -195,8 +212,9 @@ class Engine:
 
     # -- after the lesson: export ---------------------------------------------------------------
     def export_run(self, run_id: str, out_dir: str, type: str = "f16", sampler: dict | None = None,
-                   progress=None) -> dict:
-        """GGUF + Ollama Modelfile of the run's model (``core.export.export_run``)."""
+                   progress=None, keep_anyway: bool = False) -> dict:
+        """GGUF + Ollama Modelfile of the run's model (``core.export.export_run``). A failed read-back check
+        raises ``core.export.ExportCheckFailed`` (its ``check`` holds the figures) unless ``keep_anyway``."""
         raise NotImplementedError
 
     # -- plugins: switch, browse, install (on the machine that runs them) ------------------------
@@ -232,6 +250,13 @@ class Engine:
         uploads expire) and return its path. Saved where the dashboard runs: a remote backend sends
         data files on to its box itself."""
         return str(save_upload(name, content))
+
+    def data_choices(self, uploads: list[str] | tuple = ()) -> list[str]:
+        """The data files the dashboard may read, to pick from: the bundled sets (repository-relative, as the
+        pages show them) and then ``uploads`` (``core.uploads.bundled_data``)."""
+        bundled = [str(p.relative_to(REPO_ROOT)) for p in bundled_data()
+                   if p.suffix.lower() in (".json", ".jsonl", ".csv", ".tsv", ".txt")]
+        return bundled + [u for u in uploads or () if u not in bundled]
 
     def allowed_data(self, path: str, uploads: list[str] | tuple = ()) -> str:
         """``path`` if the dashboard may read it (a bundled data set or one of ``uploads``), else a

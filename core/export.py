@@ -167,7 +167,8 @@ def _check_failure(qtype: str, check: dict, kept: bool = False) -> str:
                        f"{check['positions']} positions")
     if check["logit_error"] > check["logit_error_bound"]:
         reasons.append(f"its next-token scores moved {check['logit_error']:.1%} of their spread, more than the "
-                       f"{check['logit_error_bound']:.0%} {qtype} rounding may move them (a tensor layout slip)")
+                       f"{check['logit_error_bound']:.0%} {qtype} rounding may move them (a tensor layout slip, or "
+                       "weights whose rounding blocks mix very large and very small values)")
     if not check["tokens_match"]:
         reasons.append("its tokenizer splits the check conversation into other tokens than final/'s")
     head = f"the {qtype} GGUF does not read back as the same model: {'; '.join(reasons)}"

@@ -44,7 +44,8 @@ def lr_schedule(cfg: RunConfig, total_steps: int) -> list[float]:
 
 def estimate_seconds(cfg: RunConfig, n_train: int, median_tokens: float, tokens_per_s: float) -> float:
     """Training time from a measured speed: steps x examples per step x tokens per example / speed."""
-    return cfg.total_steps(n_train) * cfg.batch_size * cfg.grad_accum * median_tokens / tokens_per_s
+    tokens = min(median_tokens, cfg.max_length)  # a longer example is cut at max_length: its tail costs nothing
+    return cfg.total_steps(n_train) * cfg.batch_size * cfg.grad_accum * tokens / tokens_per_s
 
 
 def plan_summary(config: dict, n_records: int | None, median_tokens: float | None = None,
@@ -55,7 +56,8 @@ def plan_summary(config: dict, n_records: int | None, median_tokens: float | Non
     ``--set key=value`` strings; ``data.params`` only fits in a file), "seconds"}``.
 
     ``seconds`` is :func:`estimate_seconds` from a measured speed and the data's median example
-    length, None when either is unknown. Pure: no model and no data file are read.
+    length (``tokens_per_example``: capped at max_length), None when either is unknown. Pure: no model
+    and no data file are read.
     """
     cfg = RunConfig.from_dict(config, "the planned run")
     n_train, n_val = cfg.split_sizes(int(n_records or 0))
@@ -67,7 +69,8 @@ def plan_summary(config: dict, n_records: int | None, median_tokens: float | Non
     return {"n_train": n_train, "n_val": n_val, "total_steps": total,
             "warmup_steps": warmup_steps(cfg, total), "lr_schedule": lr_schedule(cfg, total),
             "effective_batch": cfg.batch_size * cfg.grad_accum, "changed": changed, "cli_sets": cli_sets,
-            "seconds": seconds}
+            "seconds": seconds,
+            "tokens_per_example": min(median_tokens, cfg.max_length) if median_tokens else None}
 
 
 def loop_source() -> dict:

@@ -359,6 +359,7 @@ def delete_run(run_dir, owner: str | None = None) -> int:
 SPEED_KEYS = ("model", "method", "precision", "batch_size", "max_length", "gradient_checkpointing", "lora.r",
               "workers")
 SPEED_ERROR = {"close": 0.2, "rough": 0.5}  # how far off an estimate from such a speed may be (a fraction)
+MIN_SPEED_STEPS = 3  # fewer steps of a run than this (after its first): one slow or fast step could mislead
 
 
 def observed_speed(cfg: RunConfig, root=None, measured: list[dict] | None = None) -> dict | None:
@@ -368,16 +369,17 @@ def observed_speed(cfg: RunConfig, root=None, measured: list[dict] | None = None
     it pays for warm-up) and ``measured`` steps (``{"config": a run config dict, "tokens_per_s"}``, e.g. the
     Set-up page's measured step). Model, method and precision must match; among what matches, the one
     that differs in the fewest other :data:`SPEED_KEYS` wins, then a run (real batches) over a measured
-    step (random tokens), then the newest. Returns ``{"tokens_per_s",
+    step (random tokens), then the newest. It is "close" only with the same settings and, for a run, at
+    least :data:`MIN_SPEED_STEPS` steps. Returns ``{"tokens_per_s",
     "source" (words), "differs" (the keys that differ), "sure": "close" | "rough", "error" (a fraction)}``
     or None when nothing comparable ran.
     """
     want = _speed_settings(cfg.to_dict())
-    candidates = []  # (differs, order, tokens_per_s, source)
+    candidates = []  # (differs, order, tokens_per_s, source, enough steps to trust)
     for i, item in enumerate(measured or ()):
         if item and item.get("tokens_per_s") and item.get("config"):
             candidates.append((_speed_differs(want, item["config"]), i, float(item["tokens_per_s"]),
-                               "a step measured here"))
+                               "a step measured here", True))
     root = Path(root or runs_root())
     for status in sorted(root.glob("*/status.json"), key=lambda p: p.stat().st_mtime, reverse=True)[:50]:
         run_dir = status.parent
@@ -387,12 +389,13 @@ def observed_speed(cfg: RunConfig, root=None, measured: list[dict] | None = None
         if config:
             speeds.sort()
             candidates.append((_speed_differs(want, config), -status.stat().st_mtime, speeds[len(speeds) // 2],
-                               f"run {run_dir.name} ({len(speeds)} step{'s' if len(speeds) != 1 else ''})"))
+                               f"run {run_dir.name} ({len(speeds)} step{'s' if len(speeds) != 1 else ''})",
+                               len(speeds) >= MIN_SPEED_STEPS))
     usable = [c for c in candidates if not {"model", "method", "precision"} & set(c[0])]
     if not usable:
         return None
-    differs, _, speed, source = min(usable, key=lambda c: (len(c[0]), c[1]))
-    sure = "rough" if differs else "close"
+    differs, _, speed, source, enough = min(usable, key=lambda c: (len(c[0]), c[1]))
+    sure = "close" if enough and not differs else "rough"
     return {"tokens_per_s": speed, "source": source, "differs": differs, "sure": sure, "error": SPEED_ERROR[sure]}
 
 

@@ -82,10 +82,12 @@ NOT_SERVED = {
     "measure_memory",
     # writes a model to any folder on the box; the client says to export there (`python -m core export`)
     "export_run",
+    # deletes the box's run folders, the source of truth: done on the box (`python -m core delete`)
+    "delete_run",
     # change (or browse for changing) the box's installed plugins: done on the box (`python -m core plugins`)
     "set_plugin_enabled", "install_plugin", "catalog",
     # answered by the client itself, on the dashboard's machine: pure rules and the dashboard's own files
-    "plan_summary", "loop_source", "save_upload", "allowed_data", "embedded_ready",
+    "plan_summary", "loop_source", "save_upload", "allowed_data", "data_choices", "embedded_ready",
 }
 # The service's own verbs: the box's run folders, for the jobs the client submits. ``run_metrics``
 # here (rows from a line on, read from the box's metrics file) answers in place of the engine's.

@@ -269,7 +269,7 @@ def evaluate_loss(model, examples, cfg: RunConfig, pad_id: int, precision: Preci
 
 
 # -- checkpoints -------------------------------------------------------------------------------
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, position: dict) -> Path:
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, position: dict, keep: int = 1) -> Path:
     """Trainable weights, optimizer, scheduler, RNG and data position: everything resume needs.
 
     Every ``.pt`` file holds tensors and plain Python data only, so it loads with
@@ -293,9 +293,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, position: dict) 
     (tmp / "trainer_state.json").write_text(json.dumps(position, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
-    for old in runs.checkpoints(run_dir):  # full checkpoints are big: keep the one just saved only
-        if old != folder:
-            shutil.rmtree(old, ignore_errors=True)
+    runs.prune_checkpoints(run_dir, keep)  # full checkpoints are big: the newest `keep_checkpoints` stay
     return folder
 
 
@@ -496,7 +494,8 @@ def _loop(s: _Session) -> str:
         stopping = _any_process(acc, float(bool(s.stop)), "max") > 0 and step < s.total_steps
         if stopping or (cfg.save_every and step % cfg.save_every == 0 and step < s.total_steps):
             if acc.is_main_process:
-                save_checkpoint(s.run_dir, acc.unwrap_model(s.model), s.optimizer, s.scheduler, dict(position))
+                save_checkpoint(s.run_dir, acc.unwrap_model(s.model), s.optimizer, s.scheduler, dict(position),
+                                keep=cfg.keep_checkpoints)
         if stopping:
             return "stopped"
     return "finished"

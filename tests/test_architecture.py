@@ -18,9 +18,10 @@ DASHBOARD = sorted((REPO / "dashboard").glob("*.py"))
 CORE = sorted((REPO / "core").rglob("*.py"))
 
 # What a page or widget may import from core: the facade, the types it passes around, and the pure
-# rules a thin client reads without the engine (curves; nothing there imports torch or a run folder).
-ALLOWED_CORE = {"core.engine": None, "core.config": {"RunConfig", "CONFIG_DOCS"}, "core.errors": {"UserError"},
-                "core.curves": None}
+# rules a thin client reads without the engine (curves; the config's checks, so a widget refuses a value
+# by the very rule the config file and --set use; nothing there imports torch or a run folder).
+ALLOWED_CORE = {"core.engine": None, "core.config": {"RunConfig", "CONFIG_DOCS", "value_problem", "cautions"},
+                "core.errors": {"UserError"}, "core.curves": None}
 HEAVY = {"torch", "transformers", "peft", "accelerate", "safetensors", "gguf", "bitsandbytes"}
 
 

@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from .. import catalog, data, evaluate, export, generate, memory, models, runs, standby, workers
+from .. import catalog, data, evaluate, export, generate, memory, models, readers, runs, standby, workers
 from ..config import RunConfig
 from .. import engine
 from ..engine import RUN_PREFIX, Engine, run_model
@@ -177,6 +177,14 @@ class LocalEngine(Engine):
         tok = self.tokenizer(model) if model and engine.engine_installed() else None
         return data.check_file(path, format, params, tok, max_length, self._registry())
 
+    def table_columns(self, path) -> list[str]:
+        if Path(path).suffix.lower() not in (".csv", ".tsv"):
+            return []
+        try:
+            return [c for c in readers.csv_reader(path)[1] if c]
+        except (OSError, ValueError, UserError):  # unreadable: the data check says why
+            return []
+
     def load_records(self, path, format=None, params=None, limit=None) -> list[dict]:
         dataset, _ = data.load_records(path, format, params, self._registry())
         if limit is not None:
@@ -212,6 +220,9 @@ class LocalEngine(Engine):
             raise UserError(f"Measuring a real step is turned off here: {caps['why']}.")
         return measure_in_worker(config)
 
+    def training_speed(self, config, measured=None) -> dict | None:
+        return runs.observed_speed(RunConfig.from_dict(config), measured=measured)
+
     # -- runs -----------------------------------------------------------------------------------
     def start_run(self, config: dict, name=None, owner=None) -> str:
         engine.require_engine("Training")
@@ -238,6 +249,10 @@ class LocalEngine(Engine):
         if self.settings.get("standby", True):
             standby.prestart_if_idle()  # one that timed out or died is replaced while nothing trains
         return runs.list_runs()
+
+    def delete_run(self, run_id, owner=None) -> dict:
+        freed = runs.delete_run(self._run_dir(run_id), owner)
+        return {"run_id": run_id, "freed_bytes": freed}
 
     def find_run(self, run_id):
         if not run_id or any(c in run_id for c in "/\\") or run_id.startswith("."):
@@ -287,9 +302,10 @@ class LocalEngine(Engine):
         return evaluate.with_comparison(evaluate.load_report(self._run_dir(run_id)))
 
     # -- export ---------------------------------------------------------------------------------
-    def export_run(self, run_id, out_dir, type="f16", sampler=None, progress=None) -> dict:
+    def export_run(self, run_id, out_dir, type="f16", sampler=None, progress=None, keep_anyway=False) -> dict:
         engine.require_engine("Exporting a model")
-        return export.export_run(self._run_dir(run_id), out_dir, type=type, sampler=sampler, progress=progress)
+        return export.export_run(self._run_dir(run_id), out_dir, type=type, sampler=sampler, progress=progress,
+                                 keep_anyway=keep_anyway)
 
     # -- plugins --------------------------------------------------------------------------------
     def set_plugin_enabled(self, name, enabled) -> None:

@@ -310,8 +310,19 @@ class RayEngine(Engine):
         raise UserError("measuring a step is not offered through the ray backend; on the box run "
                         "`python -m core memory` or the Memory page of a dashboard there")
 
-    def export_run(self, run_id, out_dir, type="f16", sampler=None, progress=None):
+    def export_run(self, run_id, out_dir, type="f16", sampler=None, progress=None, keep_anyway=False):
         raise UserError(f"export run {run_id} on the box, where its model is (`python -m core` there)")
+
+    def training_speed(self, config, measured=None):
+        return self.call("training_speed", config=_engine_config(config)[0], measured=measured)
+
+    def table_columns(self, path):
+        return self.call("table_columns", path=self.upload(path))
+
+    def delete_run(self, run_id, owner=None):
+        raise UserError(f"deleting runs is not offered through the ray backend: the box's runs folder is the source "
+                        f"of truth. Delete run {run_id} on the box (`python -m core delete RUN_DIR` there); this "
+                        f"dashboard's mirror of it goes with `rm -r {self.mirror_dir(run_id)}`")
 
     # -- generate and evaluate (the model stays on the box) -----------------------------------------
     def next_token_distribution(self, model, prompt, sampler="greedy", params=None, top=15):

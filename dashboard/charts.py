@@ -16,9 +16,28 @@ VERDICT_COLOURS = {"fits": "#16a34a", "tight": "#d97706", "won't fit": "#dc2626"
 GIB = 1024 ** 3
 
 
-def _layout(fig: go.Figure, title: str | None, height: int = 320, **kwargs) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-                      template="plotly_white", **kwargs)
+# Plotly's toolbar (the modebar) sits in the figure's top-right corner, over whatever is there. Every chart
+# keeps a band that high free at its top and starts its title and any legend above the plot below it.
+MODEBAR_PX = 34
+TITLE_PX, LEGEND_PX = 26, 28
+# The toolbar, shortened to what a learner uses: zoom, pan, reset, download as PNG (st.plotly_chart's config).
+PLOTLY_CONFIG = {"displaylogo": False,
+                 "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d", "toggleSpikelines",
+                                            "hoverClosestCartesian", "hoverCompareCartesian"]}
+
+
+def _layout(fig: go.Figure, title: str | None, height: int = 320, legend_above: bool = False,
+            **kwargs) -> go.Figure:
+    """Height, template and margins; the title (left) and a legend above the plot stay clear of the toolbar."""
+    top = MODEBAR_PX + (TITLE_PX if title else 0) + (LEGEND_PX if legend_above else 0)
+    if title:
+        kwargs["title"] = dict(text=title, x=0, xanchor="left", xref="paper", yref="container", y=1,
+                               yanchor="top", pad=dict(t=MODEBAR_PX), font=dict(size=15))
+    if legend_above:
+        kwargs["legend"] = dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom",
+                                **kwargs.get("legend", {}))
+    fig.update_layout(height=height + top - 10, margin=dict(l=10, r=10, t=top, b=10), template="plotly_white",
+                      **kwargs)
     return fig
 
 
@@ -120,8 +139,7 @@ def loss_chart(rows: list[dict], smoothing: float = 0.6, total_steps: int | None
     xaxis = dict(title="optimizer step", rangemode="tozero")
     if total_steps:
         xaxis["range"] = [0, total_steps * 1.02]
-    return _layout(fig, None, height=360, xaxis=xaxis, yaxis_title="loss (lower is better)",
-                   legend=dict(orientation="h", y=1.12))
+    return _layout(fig, None, height=360, xaxis=xaxis, yaxis_title="loss (lower is better)", legend_above=True)
 
 
 def metric_chart(rows: list[dict], key: str, label: str, colour: str = "#2f6fdb", log_y: bool = False,
@@ -168,8 +186,7 @@ def next_token_chart(dist: dict, sampler: str = "sampler") -> go.Figure:
     fig.add_trace(go.Bar(x=labels, y=dist["after"], name=f"after {sampler}", marker_color="#2f6fdb",
                          customdata=dist["ids"], hovertemplate="%{x} (id %{customdata}): %{y:.1%}<extra>after</extra>"))
     return _layout(fig, None, height=340, barmode="group", yaxis_title="probability", yaxis_tickformat=".0%",
-                   xaxis_title="next token (␣ = space, ⏎ = new line)", legend=dict(orientation="h", y=1.12),
-                   bargap=0.2)
+                   xaxis_title="next token (␣ = space, ⏎ = new line)", legend_above=True, bargap=0.2)
 
 
 # -- lesson 6: evaluation ----------------------------------------------------------------------

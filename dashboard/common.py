@@ -1,5 +1,6 @@
-"""What every page shares: the backend badge, clear errors, the concept box, plugin param forms,
-token chips, a run picker and number formatting.
+"""What every page shares: the backend badge, clear errors, settings checked where they are typed,
+the concept box, plugin param forms, token chips, a run picker, charts, and plain words for numbers,
+paths and samplers.
 
 Nothing here holds a model or a rule of the engine: pages ask ``dashboard.state.engine()`` (the
 facade, ``core.engine``) for everything, by name. No torch, no transformers: the Streamlit Cloud
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.config import cautions, value_problem
 from core.errors import UserError
-from dashboard import course, state
+from dashboard import charts, course, state
 
 REPO = Path(__file__).resolve().parent.parent
 HEALTH_TTL_S = 15  # how long the sidebar trusts its last look at the backend
@@ -28,6 +30,18 @@ def user_errors():
         yield
     except UserError as exc:
         st.error(str(exc), icon=":material/error:")
+
+
+# -- settings, checked where they are typed -----------------------------------------------------
+
+def refused(key: str, value, kept=None, container=None) -> bool:
+    """Beside a widget: why ``value`` cannot be the run's ``key`` (the engine's own rule,
+    ``core.config.value_problem``), and what the run keeps instead. True when it was refused."""
+    problem = value_problem(key, value)
+    if problem:
+        (container or st).error(f"Not used: {problem}." + (f" The run keeps {key} = {kept}." if kept is not None
+                                                              else ""), icon=":material/block:")
+    return bool(problem)
 
 
 # -- where the work runs ---------------------------------------------------------------------
@@ -65,6 +79,39 @@ def plugin_items(kind: str) -> list[dict]:
     return getattr(state.engine(), kind)()
 
 
+@st.cache_data(show_spinner=False, max_entries=20, ttl=600)
+def _data_report(path: str, fmt: str, params_json: str, model: str, max_length: int) -> dict:
+    import json
+
+    return state.engine().check_data(path, fmt or None, json.loads(params_json), model, max_length)
+
+
+def data_report(cfg) -> dict | None:
+    """The planned run's data, checked (``Engine.check_data``: records, token lengths, how many are longer
+    than max_length), cached for ten minutes; None when it cannot be read (the error is shown)."""
+    import json
+
+    report = None
+    with user_errors(), st.spinner("Reading the training data: counting the examples and their tokens…"):
+        report = _data_report(cfg.data.path, cfg.data.format, json.dumps(cfg.data.params, sort_keys=True),
+                              cfg.model, cfg.max_length)
+    if report is not None and not report.get("ok"):
+        st.error(f"The planned data cannot be used: {report.get('error')} Pick another file on **2 · Prepare data**.",
+                 icon=":material/error:")
+        return None
+    return report
+
+
+def show_cautions(cfg, report: dict | None, container=None) -> None:
+    """What the plan will probably regret for its data (``core.config.cautions``), as warnings."""
+    if not report:
+        return
+    lengths = report.get("token_lengths") or {}
+    for text in cautions(cfg, report.get("kept") or report.get("records"), report.get("over_max_length"),
+                         lengths.get("median"), lengths.get("p95")):
+        (container or st).warning(text, icon=":material/warning:")
+
+
 def finished_run_picker(label: str, key: str, help: str, none_option: str | None = None):
     """A select box over the runs that finished (lesson 4's run first), from ``Engine.list_runs``.
 
@@ -81,7 +128,45 @@ def finished_run_picker(label: str, key: str, help: str, none_option: str | None
     return (None if chosen == none_option else chosen), finished
 
 
+# -- charts ------------------------------------------------------------------------------
+
+def chart(fig, key: str, container=None) -> None:
+    """A Plotly figure at full width with the short toolbar (``charts.PLOTLY_CONFIG``)."""
+    (container or st).plotly_chart(fig, key=key, width="stretch", config=charts.PLOTLY_CONFIG)
+
+
 # -- formatting --------------------------------------------------------------------------
+
+SAMPLER_WORDS = {"greedy": "greedy (always the likeliest token)", "temperature": "temperature sampling",
+                 "top_k": "top-k sampling", "top_p": "top-p (nucleus) sampling", "min_p": "min-p sampling",
+                 "beam": "beam search"}
+
+
+def sampler_words(name: str | None, params: dict | None = None) -> str:
+    """A sampler and its settings in words: ``top-p (nucleus) sampling, top p 0.9, temperature 0.7``."""
+    if not name:
+        return "Ollama's defaults"
+    parts = [SAMPLER_WORDS.get(name, name.replace("_", " "))]
+    for key, value in (params or {}).items():
+        if key == "repetition_penalty" and value in (1, 1.0):
+            continue  # 1 = no penalty: nothing to say
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        parts.append(f"{key.replace('_', ' ')} {shown}")
+    return ", ".join(parts)
+
+
+def plain_path(path) -> str:
+    """A path as a learner reads it: inside the repository relative to it, else with ``~`` for home."""
+    p = Path(str(path))
+    try:
+        return str(p.resolve().relative_to(REPO))
+    except (ValueError, OSError):
+        pass
+    try:
+        return "~/" + str(p.resolve().relative_to(Path.home()))
+    except (ValueError, OSError):
+        return str(p)
+
 
 def human_bytes(n: float | None) -> str:
     """``1.2 GiB`` (binary units, as ``free`` and ``nvidia-smi`` use), or ``unknown``."""
@@ -136,21 +221,25 @@ def lesson_box(box: dict, expanded: bool = False) -> None:
 
 # -- plugin forms -------------------------------------------------------------------------
 
-def param_form(specs: list[dict], key: str, values: dict | None = None, container=None) -> dict:
+def param_form(specs: list[dict], key: str, values: dict | None = None, container=None,
+               picks: dict[str, list[str]] | None = None) -> dict:
     """Widgets for a plugin's ``params`` list; returns ``{name: value}``.
 
     int/float -> slider when both bounds are known, else number_input; bool -> toggle;
-    choice -> selectbox; str -> text_input. The spec's ``help`` is the explanation.
+    choice -> selectbox; str -> text_input, or a selectbox over ``picks[name]`` when the page knows the
+    possible values (a CSV file's columns). The spec's ``help`` is the explanation.
     """
     box = container or st
-    values = values or {}
+    values, picks = values or {}, picks or {}
     out = {}
     for spec in specs or []:
         name, kind = spec["name"], spec["type"]
         label = spec.get("label") or name.replace("_", " ").capitalize()
         value = values.get(name, spec.get("default"))
         help_text, wkey = spec.get("help"), f"{key}.{name}"
-        if kind in ("int", "float"):
+        if kind == "str" and picks.get(name):
+            out[name] = _pick(box, spec, label, value, picks[name], help_text, wkey)
+        elif kind in ("int", "float"):
             out[name] = _number_widget(box, spec, label, value, help_text, wkey)
         elif kind == "bool":
             out[name] = box.toggle(label, value=bool(value), help=help_text, key=wkey)
@@ -161,6 +250,17 @@ def param_form(specs: list[dict], key: str, values: dict | None = None, containe
         else:
             out[name] = box.text_input(label, value="" if value is None else str(value), help=help_text, key=wkey)
     return out
+
+
+def _pick(box, spec: dict, label: str, value, options: list[str], help_text, wkey: str) -> str:
+    """A select box over the known values; an optional one (default "") also offers none."""
+    optional = spec.get("default") == ""
+    choices = ([""] if optional else []) + [o for o in options if o]
+    if value not in choices:  # the default is not in this file: guess by name, else the first
+        value = next((o for o in choices if o and str(spec.get("default") or "?").lower() in o.lower()),
+                     choices[0])
+    return box.selectbox(label, choices, index=choices.index(value), help=help_text, key=wkey,
+                         format_func=lambda o: o or "(none)")
 
 
 def _number_widget(box, spec: dict, label: str, value, help_text, wkey: str):

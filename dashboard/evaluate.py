@@ -9,6 +9,36 @@ import streamlit as st
 from dashboard import charts, common, lessons, state
 
 DEFAULT_DATA = "data/science_tutor_heldout.alpaca.json"
+MAX_SAMPLES = 10_000
+
+
+def samples_problem(n) -> str | None:
+    """Why ``n`` cannot be the number of held-out examples to answer, or None."""
+    if n is None or n != int(n) or not 1 <= n <= MAX_SAMPLES:
+        return (f"Samples = {n}: answer at least 1 held-out example (both models answer each one) and at most "
+                f"{MAX_SAMPLES:,}; on a CPU 8 takes a minute or two")
+    return None
+
+
+def held_out_file():
+    """A pick, not free text: the data sets that ship with TuneLab and this session's uploads."""
+    choices = []
+    with common.user_errors():
+        choices = state.engine().data_choices(state.uploads())
+    if not choices:
+        return None
+    default = DEFAULT_DATA if DEFAULT_DATA in choices else choices[0]
+    uploads = set(state.uploads())
+
+    def label(path: str) -> str:
+        shown = common.plain_path(path)
+        if path in uploads:
+            return f"{shown.rsplit('/', 1)[-1]} (uploaded)"
+        return shown
+
+    return st.selectbox("Held-out file", choices, index=choices.index(default), key="eval.data", format_func=label,
+                        help="Examples the model never trained on: a data set that ships with TuneLab, or a file "
+                             "you uploaded on 2 · Prepare data. The lesson set's held-out file is the default.")
 
 
 def what_to_measure(evaluators: dict) -> dict:
@@ -19,13 +49,13 @@ def what_to_measure(evaluators: dict) -> dict:
         with left:
             run_id, _ = common.finished_run_picker("Fine-tuned run", key="eval.run",
                                                    help="Its final/ model is compared with the model it started from.")
-            data_path = st.text_input("Held-out file", DEFAULT_DATA, key="eval.data",
-                                      help="Examples the model never trained on: a data set that ships with TuneLab "
-                                           "(data/…) or a file you uploaded on 2 · Prepare data. The lesson set's "
-                                           "held-out file is the default.")
-            limit = st.number_input("Samples", 1, 10_000, 8, key="eval.limit",
+            data_path = held_out_file()
+            limit = st.number_input("Samples", value=8, step=1, key="eval.limit",
                                     help="How many held-out examples to answer. Each one is answered by both models, "
                                          "so on a CPU keep it small (8 takes a minute or two); on a GPU use them all.")
+            bad_limit = samples_problem(limit)
+            if bad_limit:
+                st.error(f"Not used: {bad_limit}.", icon=":material/block:")
             max_new_tokens = st.slider("Max new tokens per answer", 16, 512, 96, 16, key="eval.max_new_tokens",
                                        help="Longer answers take longer; the references are a few sentences.")
             st.caption("Both models answer with the greedy sampler and the same seed, so any difference comes from "
@@ -45,7 +75,8 @@ def what_to_measure(evaluators: dict) -> dict:
                     if not plugin["params"]:
                         st.caption("No settings.")
         go = st.button("Run evaluation", type="primary", icon=":material/play_arrow:", key="eval.go",
-                       disabled=not chosen)
+                       disabled=not chosen or bool(bad_limit) or not data_path,
+                       help="Fix the values marked above first." if bad_limit else None)
     return {"run_id": run_id, "data_path": data_path, "limit": int(limit), "max_new_tokens": max_new_tokens,
             "evaluators": chosen, "settings": settings, "go": go}
 
@@ -58,6 +89,7 @@ def run_evaluation(choice: dict) -> None:
         who = "base" if i <= half else "tuned"
         bar.progress(i / n, text=f"{who} model: answer {i if i <= half else i - half} of {half}")
 
+    report = None
     with common.user_errors():
         engine = state.engine()
         data_path = engine.allowed_data(choice["data_path"], state.uploads())  # bundled sets and own uploads only
@@ -65,14 +97,18 @@ def run_evaluation(choice: dict) -> None:
                                  max_new_tokens=choice["max_new_tokens"], evaluator_params=choice["settings"],
                                  progress=progress)
         bar.progress(1.0, text=f"Done: {report['data']['samples']} samples, saved with run {choice['run_id']}")
+    if report is None:
+        bar.empty()  # the error says what went wrong; a bar stuck part-way would say it is still going
 
 
 def results(report: dict) -> None:
     """One chart per evaluator, and the table of what got better or worse."""
     st.header("Results")
     data = report.get("data", {})
-    st.caption(f"{data.get('samples', '?')} samples from `{data.get('path', '?')}` · sampler "
-               f"{report['base']['settings']['sampler']} · saved with the run (eval/report.json)"
+    settings = report["base"]["settings"]
+    st.caption(f"{data.get('samples', '?')} samples from `{common.plain_path(data.get('path', '?'))}` · answered by "
+               f"{common.sampler_words(settings.get('sampler'), settings.get('params'))} · saved with the run "
+               "(eval/report.json)"
                + (f" on {report['created_at'].replace('T', ' ')}" if report.get("created_at") else ""))
     if data.get("training_file"):
         st.warning("This is the training file: the tuned model has seen these answers, so its scores flatter it. "
@@ -86,9 +122,9 @@ def results(report: dict) -> None:
             if "error" in entry["tuned"] or "error" in entry["base"]:
                 st.warning(f"**{name}** failed: {entry['tuned'].get('error') or entry['base'].get('error')}")
                 continue
-            st.plotly_chart(charts.eval_metric_chart(name, entry["base"], entry["tuned"],
-                                                     info.get(name, {}).get("higher_is_better", True)),
-                            key=f"eval.chart.{name}", width="stretch")
+            common.chart(charts.eval_metric_chart(name, entry["base"], entry["tuned"],
+                                                  info.get(name, {}).get("higher_is_better", True)),
+                         key=f"eval.chart.{name}")
     rows = [{k: row[k] for k in ("evaluator", "metric", "base", "tuned", "change", "verdict")}
             for row in report.get("summary") or []]
     if rows:

@@ -3,6 +3,8 @@
 The engine writes the GGUF, the Ollama Modelfile and a model card, then reads the GGUF back and
 checks it predicts what ``final/`` predicts (``Engine.export_run``); this page picks the run and
 the type, shows the progress and the check, and offers the files and the commands to run them.
+When the check fails the page always offers a way on, with the figure: f16 instead of q8_0, or
+keeping the file anyway (the card then records the failure).
 """
 
 from pathlib import Path
@@ -11,7 +13,7 @@ import streamlit as st
 
 from dashboard import common, state
 
-RESULT = state.EXPORT_RESULT
+RESULT, FAILED = state.EXPORT_RESULT, state.EXPORT_FAILED
 
 # Measured on this project's machine (2 CPU cores) with the embedded SmolLM2-135M-Instruct as final/:
 # the figures script in the README section "Use your model elsewhere" reproduces them.
@@ -31,8 +33,9 @@ def explain() -> None:
         "LM Studio run on.",
         "Your run's `final/` folder opens with Python and transformers. A GGUF runs in the apps people use "
         "every day, on a laptop CPU, with no Python at all.",
-        "The export reads its own file back and compares the next-token predictions with `final/` on a fixed "
-        "conversation: the agreement it reports is that check.",
+        "The export reads its own file back and scores a fixed conversation with it and with `final/`: the file "
+        "passes when its perplexity rises no more than the type may cost and its next-token scores barely move. "
+        "If it fails, nothing is kept unless you choose to keep it.",
         "Exporting a run that has not finished (there is no final model yet); giving the model the wrong chat "
         "template in Ollama (the Modelfile here carries the one it was trained with).")
     common.concept_box(
@@ -78,7 +81,7 @@ def choose() -> dict | None:
                             help="Written as Ollama PARAMETER lines (temperature, top_k, top_p, min_p, "
                                  "repeat_penalty) so Ollama picks tokens the way you chose on the Generate page.")
             if pick == options[0] and sampler:
-                st.caption(f"`{sampler['name']}` {sampler['params'] or ''}")
+                st.caption(common.sampler_words(sampler["name"], sampler["params"]).capitalize() + ".")
             else:
                 sampler = None
                 st.caption("Ollama's own: temperature 0.8, top_k 40, top_p 0.9.")
@@ -86,22 +89,86 @@ def choose() -> dict | None:
     return {"run_id": run_id, "type": qtype, "sampler": sampler, "go": go}
 
 
-def run_export(choice: dict) -> None:
+def run_export(choice: dict, type: str | None = None, keep_anyway: bool = False) -> None:
+    """Export with a live bar; a failed check is kept (with its figures) for :func:`failed_check` to offer the
+    next step, and the bar goes: an error under a bar stuck part-way would read as still working."""
+    qtype = type or choice["type"]
     runs = {r["run_id"]: r for r in state.engine().list_runs()}
-    out_dir = Path(runs[choice["run_id"]]["run_dir"]) / "export" / choice["type"]
+    out_dir = Path(runs[choice["run_id"]]["run_dir"]) / "export" / qtype
     bar = st.progress(0.0, text="Starting…")
-    result = state.engine().export_run(choice["run_id"], str(out_dir), choice["type"], choice["sampler"],
-                                       progress=lambda fraction, message: bar.progress(min(1.0, fraction),
-                                                                                       text=message))
-    bar.progress(1.0, text=f"Done in {result['seconds']['total']:.0f} s")
-    st.session_state[RESULT] = {"run_id": choice["run_id"], "type": choice["type"], "result": result}
+    st.session_state.pop(FAILED, None)
+    try:
+        result = state.engine().export_run(choice["run_id"], str(out_dir), qtype, choice["sampler"],
+                                           progress=lambda fraction, message: bar.progress(min(1.0, fraction),
+                                                                                           text=message),
+                                           keep_anyway=keep_anyway)
+    except RuntimeError as exc:
+        bar.empty()
+        if not hasattr(exc, "check"):  # not the export's self-check (core.export.ExportCheckFailed)
+            raise
+        st.session_state[FAILED] = {"run_id": choice["run_id"], "type": qtype, "message": str(exc),
+                                    "check": getattr(exc, "check", None) or {}}
+        return
+    except BaseException:
+        bar.empty()
+        raise
+    bar.empty()
+    st.session_state[RESULT] = {"run_id": choice["run_id"], "type": qtype, "result": result}
+
+
+def failed_check(choice: dict) -> None:
+    """The check's failure in plain words, its figure, and the ways on: f16 instead, or keep the file anyway."""
+    failed = st.session_state.get(FAILED)
+    if not failed or failed["run_id"] != choice["run_id"]:
+        return
+    qtype, check = failed["type"], failed["check"]
+    with st.container(border=True):
+        st.error(f"The {qtype} file did not pass the read-back check, so it was not kept.",
+                 icon=":material/error:")
+        if check:
+            a, b, c = st.columns(3)
+            a.metric("Perplexity against final/", f"{check['perplexity_increase']:+.2%}",
+                     help=f"{qtype} may cost up to {check['bound']:.1%} on the check conversation.")
+            b.metric("Next-token scores moved", f"{check['logit_error']:.1%}",
+                     help=f"Of their spread; {qtype} rounding may move them up to {check['logit_error_bound']:.0%}.")
+            c.metric("Same next token as final/", f"{check['top1_agreement']:.1%}",
+                     help=f"Over {check['positions']} positions. Reported, not judged: where two tokens are "
+                          "nearly tied, any rounding can swap them.")
+        with st.expander("The check's own words"):
+            st.write(failed["message"])
+        st.markdown("**What now?** " + (
+            "f16 rounds each weight far less than q8_0 (16 bits instead of about 8.5): it is the safe choice, at "
+            "twice the size. Or keep this file anyway: the model card will say that it failed the check, and by "
+            "how much." if qtype != "f16" else
+            "f16 should always read back as the same model: a failure means a bug in the export for this "
+            "architecture. Keep the file anyway only to look into it; the model card will say that it failed."))
+        cols = st.columns([1, 1.4, 1])
+        if qtype != "f16":
+            cols[0].button("Export f16 instead", type="primary", key="export.fallback_f16", width="stretch",
+                           icon=":material/high_quality:", on_click=ask, args=("f16", False))
+        cols[1].button(f"Keep the {qtype} file anyway", key="export.keep_anyway", icon=":material/save:",
+                       width="stretch", on_click=ask, args=(qtype, True))
+
+
+def ask(qtype: str, keep_anyway: bool) -> None:
+    """A way on, chosen (a button's callback, before the page is drawn again: the Type picker follows it)."""
+    st.session_state["export.type"] = qtype
+    st.session_state[FAILED]["request"] = {"type": qtype, "keep_anyway": keep_anyway}
 
 
 def show(result: dict) -> None:
     """The check's figures, the downloads and the commands."""
     check, sizes, paths = result["verification"], result["sizes"], result["paths"]
+    if result.get("kept_anyway"):
+        st.warning(f"Kept although it failed the read-back check: perplexity {check['perplexity_increase']:+.2%} "
+                   f"against final/ (allowed {check['bound']:.1%}), next-token scores moved "
+                   f"{check['logit_error']:.1%} of their spread (allowed {check['logit_error_bound']:.0%}). The "
+                   "README card beside the file says so.", icon=":material/warning:")
+    else:
+        st.success(f"The {result['type']} file reads back as the same model.", icon=":material/check_circle:")
     a, b, c = st.columns(3)
-    a.metric("GGUF size", common.human_bytes(sizes["gguf"]), help=f"{result['type']}, {paths['gguf']}")
+    a.metric("GGUF size", common.human_bytes(sizes["gguf"]),
+             help=f"{result['type']}, saved as {common.plain_path(paths['gguf'])}")
     b.metric("Perplexity against final/", f"{check['perplexity_increase']:+.2%}",
              help=f"The GGUF read back with transformers' GGUF loader scores a fixed conversation "
                   f"({check['positions']} tokens) {check['perplexity_increase']:+.2%} against final/; "
@@ -145,16 +212,16 @@ def page() -> None:
     if choice is None:
         explain()
         return
-    if choice["go"]:
+    request = (st.session_state.get(FAILED) or {}).pop("request", None)  # a way on, chosen after a failed check
+    if choice["go"] or request:
         with common.user_errors():
-            try:
-                run_export(choice)
-            except RuntimeError as exc:  # the export's self-check failed (core.export.ExportCheckFailed)
-                st.error(str(exc), icon=":material/error:")
+            run_export(choice, **(request or {}))
+    failed_check(choice)
     last = st.session_state.get(RESULT)
-    if last and last["run_id"] == choice["run_id"] and last["type"] == choice["type"]:
+    failed = st.session_state.get(FAILED)
+    if last and last["run_id"] == choice["run_id"] and not (failed and failed["run_id"] == choice["run_id"]):
         show(last["result"])
-    elif not choice["go"]:
+    elif not choice["go"] and not failed:
         st.caption("Pick a run and a type, then **Export** (about 20 s for the 135M model on a laptop CPU).")
     explain()
 

@@ -1,12 +1,14 @@
 """Lesson 4: start a training run and watch it live: loss, validation loss, learning rate, speed.
 
-The run is the planned one (``state.plan()``); the engine starts, stops and resumes it and reads
-its progress and metrics (``start_run``, ``run_progress``, ``run_metrics``, ...), wherever it runs.
+The run is the planned one (``state.plan()``); the engine starts, stops, resumes and deletes runs and
+reads their progress and metrics (``start_run``, ``run_progress``, ``run_metrics``, ``delete_run``, ...),
+wherever they run. The page follows the newest run unless the address names one; the runs list is
+live while anything trains.
 """
 
 import streamlit as st
 
-from core.config import CONFIG_DOCS
+from core.config import CONFIG_DOCS, value_problem
 from core.curves import curve_signals
 from core.engine import ACTIVE, run_model
 from dashboard import charts, common, lessons, state
@@ -21,10 +23,13 @@ def attach(run_id: str) -> None:
 
 
 def wanted_run() -> str | None:
-    """The run in the address bar (``?run=``, it wins) or the session's; None when there is none."""
+    """The run in the address bar (``?run=``, it wins), the session's, else the newest; None when there is none."""
     wanted = st.query_params.get("run") or state.current_run()
     run_id = None
     with common.user_errors():
+        if not wanted:  # nothing chosen: follow the newest run (one started from another tab or the CLI too)
+            newest = state.engine().list_runs()[:1]
+            wanted = newest[0]["run_id"] if newest else None
         run_id = state.engine().find_run(wanted)
     if wanted and run_id is None:
         st.warning(f"There is no run called `{wanted}` where this app's runs are kept. Start a new one below, or "
@@ -39,10 +44,10 @@ def planned_run_text(cfg) -> str:
     length = (f"**{cfg.max_steps} steps**" if cfg.max_steps
               else f"**{cfg.epochs:g} epoch{'' if cfg.epochs == 1 else 's'}**")
     return (f"- model: `{cfg.model}`\n"
-            f"- data: `{cfg.data.path}`" + (f" ({cfg.data.format})" if cfg.data.format else "")
+            f"- data: `{common.plain_path(cfg.data.path)}`" + (f" ({cfg.data.format})" if cfg.data.format else "")
             + f", {cfg.data.val_fraction:.0%} held out for validation\n"
             f"- method: **{cfg.method}**, learning rate **{cfg.lr:.0e}** ({cfg.scheduler}), "
-            f"effective batch {cfg.batch_size * cfg.grad_accum}\n"
+            f"effective batch {state.engine().plan_summary(cfg.to_dict(), None)['effective_batch']}\n"
             f"- length: {length}")
 
 
@@ -51,15 +56,19 @@ def quick_try() -> None:
     st.markdown("**A quick try first?** On a laptop CPU a step of the 135M model takes a few seconds. "
                 "These change the planned run (lesson 3 shows the same keys).")
     cfg = state.plan()
-    max_steps = st.number_input("max_steps (0 = use epochs)", 0, 1_000_000, int(cfg.max_steps), step=10,
+    # No bounds on the boxes: whatever is typed reaches the engine's rule, and a refusal is said beside it.
+    max_steps = st.number_input("max_steps (0 = use epochs)", value=int(cfg.max_steps), step=10,
                                 key="ft.max_steps", help=CONFIG_DOCS["max_steps"][0])
+    common.refused("max_steps", max_steps, cfg.max_steps)
     a, b = st.columns(2)
-    max_length = a.number_input("max_length", 8, 32768, int(cfg.max_length), step=64, key="ft.max_length",
+    max_length = a.number_input("max_length", value=int(cfg.max_length), step=64, key="ft.max_length",
                                 help=CONFIG_DOCS["max_length"][0])
-    batch_size = b.number_input("batch_size", 1, 4096, int(cfg.batch_size), key="ft.batch_size",
+    common.refused("max_length", max_length, cfg.max_length, a)
+    batch_size = b.number_input("batch_size", value=int(cfg.batch_size), step=1, key="ft.batch_size",
                                 help=CONFIG_DOCS["batch_size"][0])
-    changes = {k: int(v) for k, v in (("max_steps", max_steps), ("max_length", max_length),
-                                      ("batch_size", batch_size)) if int(v) != cfg.get(k)}
+    common.refused("batch_size", batch_size, cfg.batch_size, b)
+    changes = {k: v for k, v in (("max_steps", max_steps), ("max_length", max_length), ("batch_size", batch_size))
+               if v != cfg.get(k) and not value_problem(k, v)}
     if changes:
         with common.user_errors():
             state.update_plan(**changes)
@@ -79,12 +88,14 @@ def start_panel(run_id: str | None, status: dict | None) -> None:
                        else "Lesson 3 was skipped, so these are the defaults: change them on **3 · Set up training**.")
             name = st.text_input("Run name", placeholder="e.g. lr-5e-5 (optional)", key="ft.name",
                                  help="A label for the runs list; a time stamp is added to make the folder name unique.")
+            common.show_cautions(state.plan(), common.data_report(state.plan()))
         start_col, stop_col, resume_col, _ = st.columns([1, 1, 1, 3])
         start = start_col.button("Start training", type="primary", icon=":material/play_arrow:", key="ft.start",
                                  disabled=active, width="stretch",
                                  help="Stop the running job first." if active else "Launch a worker with these settings.")
         stop = stop_col.button("Stop", icon=":material/stop:", key="ft.stop", disabled=not active, width="stretch",
-                               help="Save a checkpoint after the current step, then end the run as 'stopped'.")
+                               help="End the run as 'stopped' after the current step, saving a checkpoint of it "
+                                    "(none when it has not trained a step yet).")
         can_resume = bool(status) and status["state"] in ("stopped", "failed")
         resume = resume_col.button("Resume", icon=":material/replay:", key="ft.resume", disabled=not can_resume,
                                    width="stretch", help="Continue a stopped or interrupted run from its last checkpoint.")
@@ -178,11 +189,24 @@ def outcome(run_id: str, progress: dict) -> None:
             with st.expander("The worker's log (last lines)"):
                 st.code(log, language=None)
     elif state_ == "stopped":
-        st.info("Stopped after a checkpoint. **Resume** continues from it, with no step lost or repeated.",
-                icon=":material/pause:")
+        st.info(stopped_text(progress), icon=":material/pause:")
     elif state_ == "finished":
         st.success(f"Finished. The trained model is `{run_model(run_id)}` (the run's final/ folder): try it on "
                    "**5 · Generate** and measure it on **6 · Evaluate**.", icon=":material/check_circle:")
+
+
+def stopped_text(progress: dict) -> str:
+    """What a stopped run saved, and so what Resume will do: true to the checkpoint that is (or is not) there."""
+    step, checkpoint = progress.get("step") or 0, progress.get("checkpoint")
+    if checkpoint:
+        saved = checkpoint.replace("\\", "/").rsplit("/", 1)[-1].replace("step-", "step ")
+        return (f"Stopped at step {step}, with a checkpoint of {saved}. **Resume** continues from it, with no step "
+                "lost or repeated.")
+    if step:
+        return (f"Stopped at step {step}, but no checkpoint was saved, so there is nothing to continue from: "
+                "**Resume** starts this run again from step 0.")
+    return ("Stopped before the first training step, so no checkpoint was saved: **Resume** starts this run from "
+            "step 0, the same as starting it anew.")
 
 
 def live_view(run_id: str, was_active: bool) -> None:
@@ -200,7 +224,7 @@ def live_view(run_id: str, was_active: bool) -> None:
                                   help="An exponential moving average of the raw loss, as in TensorBoard: 0 shows "
                                        "the raw curve, 0.99 a very smooth one.")
             figs = figures(run_id, rows, smoothing, progress.get("total_steps"))
-            st.plotly_chart(figs["loss"], key="ft.loss_chart", width="stretch")
+            common.chart(figs["loss"], key="ft.loss_chart")
         with text_col:
             st.markdown("**What the curves say**")
             for kind, message in reading(rows):
@@ -208,18 +232,34 @@ def live_view(run_id: str, was_active: bool) -> None:
             common.lesson_box(lessons.LOSS_CURVE)
             common.lesson_box(lessons.VALIDATION_LOSS)
         a, b, c = st.columns(3)
-        a.plotly_chart(figs["lr"], key="ft.lr_chart", width="stretch")
-        b.plotly_chart(figs["grad_norm"], key="ft.grad_chart", width="stretch")
-        c.plotly_chart(figs["speed"], key="ft.speed_chart", width="stretch")
+        common.chart(figs["lr"], key="ft.lr_chart", container=a)
+        common.chart(figs["grad_norm"], key="ft.grad_chart", container=b)
+        common.chart(figs["speed"], key="ft.speed_chart", container=c)
         common.lesson_box(lessons.TRAINING_SIGNALS)
         if (state_ in ACTIVE) != was_active:
             st.rerun()  # the run started or ended: redraw the whole page (buttons, polling on or off)
 
 
 def runs_list(run_id: str | None) -> None:
-    """Every run, one to open, and several overlaid."""
+    """Every run, live while any is active (state, steps, disk): one to open, several to overlay, one to delete."""
     st.header("Your runs")
     common.lesson_box(lessons.RUNS)
+    engine = state.engine()
+    all_runs = []
+    with common.user_errors():
+        all_runs = engine.list_runs()
+    if not all_runs:
+        st.caption("No runs yet.")
+        return
+    any_active = any(r.get("state") in ACTIVE for r in all_runs)
+
+    def live() -> None:
+        runs_table(run_id, any_active)
+
+    st.fragment(live, run_every=POLL_S if any_active else None)()
+
+
+def runs_table(run_id: str | None, was_active: bool) -> None:
     engine = state.engine()
     all_runs = engine.list_runs()
     if not all_runs:
@@ -227,25 +267,80 @@ def runs_list(run_id: str | None) -> None:
         return
     table = [{"run": r["run_id"], "state": r.get("state"),
               "step": f"{r.get('step') or 0} / {r.get('total_steps') or '?'}",
+              "disk": common.human_bytes(r.get("disk_bytes")),
               "updated": (r.get("updated_at") or "").replace("T", " "),
-              "error": (r.get("error") or "")[:80]} for r in all_runs]
+              "note": (r.get("error") or "")[:80]} for r in all_runs]
     st.dataframe(table, hide_index=True, width="stretch", key="ft.runs_table")
+    total = sum(r.get("disk_bytes") or 0 for r in all_runs)
+    st.caption(f"{len(all_runs)} run{'s' if len(all_runs) != 1 else ''}, {common.human_bytes(total)} on disk. A "
+               "finished run keeps its trained model (final/); a stopped one its checkpoints (about three times "
+               "the model for full fine-tuning: the weights and AdamW's two moments).")
     ids = [r["run_id"] for r in all_runs]
-    pick_col, open_col = st.columns([3, 1], vertical_alignment="bottom")
-    chosen = pick_col.selectbox("Look at a run", ids, index=ids.index(run_id) if run_id in ids else 0,
-                                key="ft.open_run")
+    follow(run_id, ids)
+    pick_col, open_col, delete_col = st.columns([3, 1, 1], vertical_alignment="bottom")
+    chosen = pick_col.selectbox("Look at a run", ids, key="ft.open_run")
     if open_col.button("Open", key="ft.open", width="stretch") and chosen != run_id:
         attach(chosen)
-        st.rerun()
-    overlay = st.multiselect("Overlay runs to compare their loss curves", ids,
-                             default=[run_id] if run_id in ids else ids[:1], key="ft.overlay",
+        st.rerun(scope="app")
+    if delete_col.button("Delete…", key="ft.delete", width="stretch", icon=":material/delete:",
+                         help="Delete the chosen run's folder: its model, checkpoints, exports and evaluation. "
+                              "A run that is still training must be stopped first."):
+        st.session_state[state.FT_DELETING] = chosen
+    confirm_delete({r["run_id"]: r for r in all_runs}, run_id)
+    overlay = st.multiselect("Overlay runs to compare their loss curves", ids, key="ft.overlay",
                              help="Solid: smoothed training loss. Dotted: validation loss. Compare runs that "
                                   "differ in one setting.")
     if overlay:
         with common.user_errors():
             curves = {rid: engine.run_metrics(rid) for rid in overlay}
-            st.plotly_chart(charts.runs_overlay_chart(curves, st.session_state.get("ft.smoothing", 0.6)),
-                            key="ft.compare_chart", width="stretch")
+            common.chart(charts.runs_overlay_chart(curves, st.session_state.get("ft.smoothing", 0.6)),
+                         key="ft.compare_chart")
+    if any(r.get("state") in ACTIVE for r in all_runs) != was_active:
+        st.rerun(scope="app")  # a run started or ended: polling on or off
+
+
+def follow(run_id: str | None, ids: list[str]) -> None:
+    """Keep the picker and the overlay on the run the page shows, and on real runs only (before they are drawn)."""
+    moved = st.session_state.get(state.FT_FOLLOWED) != run_id
+    if moved or st.session_state.get("ft.open_run") not in ids:
+        st.session_state["ft.open_run"] = run_id if run_id in ids else ids[0]
+    overlay = [rid for rid in st.session_state.get("ft.overlay", []) if rid in ids]
+    if moved and run_id in ids and run_id not in overlay:
+        overlay.append(run_id)
+    st.session_state["ft.overlay"] = overlay if (overlay or not moved) else ids[:1]
+    st.session_state[state.FT_FOLLOWED] = run_id
+
+
+def confirm_delete(by_id: dict, run_id: str | None) -> None:
+    """The question before a delete, and the delete: the engine refuses a live run with the reason."""
+    target = st.session_state.get(state.FT_DELETING)
+    if target not in by_id:
+        st.session_state.pop(state.FT_DELETING, None)
+        return
+    run = by_id[target]
+    if run.get("state") in ACTIVE:
+        st.error(f"Run `{target}` is {run['state']}: stop it first, then delete it.", icon=":material/block:")
+        st.session_state.pop(state.FT_DELETING, None)
+        return
+    with st.container(border=True):
+        st.warning(f"Delete run `{target}` ({run.get('state')}, step {run.get('step') or 0}) and everything in its "
+                   f"folder: {common.human_bytes(run.get('disk_bytes'))}, its trained model, checkpoints, exports "
+                   "and evaluation included? This cannot be undone.", icon=":material/delete_forever:")
+        yes, no, _ = st.columns([1, 1, 3])
+        if yes.button("Yes, delete", type="primary", key="ft.delete_yes", width="stretch"):
+            freed = None
+            with common.user_errors():
+                freed = state.engine().delete_run(target, owner=state.owner())["freed_bytes"]
+            st.session_state.pop(state.FT_DELETING, None)
+            if freed is not None:
+                st.toast(f"Deleted {target}: {common.human_bytes(freed)} freed.", icon=":material/delete:")
+                if target == run_id:
+                    state.set_current_run(None)
+                    st.query_params.pop("run", None)
+                st.rerun(scope="app")
+        if no.button("Cancel", key="ft.delete_no", width="stretch"):
+            st.session_state.pop(state.FT_DELETING, None)
+            st.rerun()
 
 
 def the_loop() -> None:

@@ -65,7 +65,8 @@ def one_step(models: dict, prompt: str, sampler: str, params: dict) -> None:
                                       help="The chart shows one model's next-token probabilities.") or "tuned"
     if prompt.strip():
         with common.user_errors():
-            dist = state.engine().next_token_distribution(models[inside], prompt, sampler, params, top=15)
+            with st.spinner("Loading the model and reading its next-token probabilities…"):  # seconds, the first time
+                dist = state.engine().next_token_distribution(models[inside], prompt, sampler, params, top=15)
             st.plotly_chart(charts.next_token_chart(dist, sampler), key="gen.next_token_chart", width="stretch")
             if dist["greedy"]:
                 note = "Greedy does not draw at random: all the probability goes to the single most likely token."

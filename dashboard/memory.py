@@ -64,8 +64,8 @@ def what_each_trick_saves(plans: dict[str, dict]) -> dict[str, dict]:
         basic_total = estimates["basic"]["total"]
         st.markdown("  \n".join(
             f"- **{label}**: {common.human_bytes(e['total'])} ({e['precision']})"
-            + (f" ({(1 - e['total'] / basic_total) * 100:.0f} % less than basic)" if label != "basic" and basic_total
-               else "")
+            + (f" ({abs(1 - e['total'] / basic_total) * 100:.0f} % {'less' if e['total'] <= basic_total else 'more'} "
+               "than basic)" if label != "basic" and basic_total else "")
             for label, e in estimates.items()))
     cols = st.columns(2)
     with cols[0]:
@@ -83,13 +83,14 @@ def measured(plans: dict[str, dict], estimates: dict[str, dict]) -> None:
     optimised_label = list(plans)[-1]
     results = st.session_state.setdefault(MEASURED, {})
     st.markdown("An estimate is a model of reality; a measurement is reality. This runs **one real training "
-                "step** of each set-up where training runs (a few seconds for the lesson model; longer for big "
-                "models).")
+                "step** of each set-up where training runs. Each loads the model in a separate process first, so "
+                "expect a minute or more on a laptop CPU for the lesson model (the spinner counts the seconds).")
     if st.button("Measure a real step (basic and optimised)", icon=":material/speed:", type="primary"):
         base = state.plan().to_dict()
         for label in ("basic", optimised_label):
             inputs = plans[label]
-            with common.user_errors(), st.spinner(f"One training step, {label}…"):
+            with common.user_errors(), st.spinner(f"Loading the model, then one training step, {label}…",
+                                                  show_time=True):
                 results[label] = state.engine().measure_memory({**base, **inputs, "lora": {**base["lora"],
                                                                                           **inputs["lora"]}})
         basic_step = results.get("basic") or {}

@@ -79,7 +79,13 @@ def choose_format(path: str) -> tuple[str, dict] | None:
     fmt = formats[fmt_name]
     right.markdown(f"**{fmt_name}** — {fmt['description']}  \n"
                    f"Reads: {', '.join(fmt['extensions'])} · plugin: `{fmt['owner']}`")
-    params = common.param_form(fmt["params"], key=f"data.params.{fmt_name}", container=right) if fmt["params"] else {}
+    column_params = [s["name"] for s in fmt["params"] if s["name"].endswith("_column")]
+    columns = []
+    if column_params:  # a table: pick its columns from the file's own header, not type their names
+        with common.user_errors():
+            columns = state.engine().table_columns(path)
+    params = common.param_form(fmt["params"], key=f"data.params.{fmt_name}", container=right,
+                               picks={name: columns for name in column_params}) if fmt["params"] else {}
     return fmt_name, params
 
 
@@ -238,8 +244,10 @@ def page() -> None:
     if not report["ok"]:
         st.header("Check it: the validation report")
         st.error(report["error"], icon=":material/error:")
-        if report.get("errors"):
-            st.dataframe(report["errors"], hide_index=True, width="stretch")
+        located = [{k: v for k, v in e.items() if v is not None} for e in report.get("errors") or []
+                   if e.get("row") is not None or e.get("field") is not None]  # a whole-file error has neither
+        if located:
+            st.dataframe(located, hide_index=True, width="stretch")
         return
     report_metrics(report, max_length)
     rows = []

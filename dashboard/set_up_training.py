@@ -1,8 +1,11 @@
 """Lesson 3: every hyperparameter explained, the learning-rate schedule, the memory and time it will need.
 
 Each widget reads the planned run (``state.plan()``) and writes its key back with
-``state.update_plan``; what the numbers mean (split, steps, warm-up, schedule, changed keys, time)
-comes from ``Engine.plan_summary``, the memory from ``Engine.estimate_memory``.
+``state.update_plan``; a value the engine's rules refuse (``core.config.value_problem``, the same rule
+the config file and ``--set`` obey) is refused beside the widget, with the reason, and the plan keeps
+its value. What the numbers mean (split, steps, warm-up, schedule, changed keys, time) comes from
+``Engine.plan_summary``, the data's size from ``Engine.check_data``, the memory from
+``Engine.estimate_memory``, the speed from ``Engine.training_speed`` (or a step measured here).
 """
 
 import shlex
@@ -31,7 +34,8 @@ def explain(key: str) -> str:
 
 
 def recommended(key: str, container) -> None:
-    container.caption(f"Recommended: {lessons.RECOMMENDED[key]}")
+    if key in lessons.RECOMMENDED:
+        container.caption(f"Recommended: {lessons.RECOMMENDED[key]}")
 
 
 def choose(key: str, options: list, fmt=str, label: str | None = None, container=st):
@@ -43,9 +47,13 @@ def choose(key: str, options: list, fmt=str, label: str | None = None, container
     recommended(key, container)
 
 
-def number(key: str, lo, hi, step, label: str | None = None, container=st):
-    store(key, container.number_input(label or key, min_value=lo, max_value=hi, value=current(key), step=step,
-                                      key=f"cfg.{key}", help=explain(key)))
+def number(key: str, step, label: str | None = None, container=st):
+    """A number box with no bounds of its own: whatever is typed reaches the engine's rule, and a refused
+    value is said beside the box with the reason (never silently clamped or ignored)."""
+    kept = current(key)
+    value = container.number_input(label or key, value=kept, step=step, key=f"cfg.{key}", help=explain(key))
+    if not common.refused(key, value, kept, container):
+        store(key, value)
     recommended(key, container)
 
 
@@ -66,6 +74,22 @@ def switch(key: str, label: str | None = None, container=st):
     recommended(key, container)
 
 
+def the_data() -> dict | None:
+    """The planned data, counted: one line about it (the report feeds the cautions, steps and time)."""
+    cfg = state.plan()
+    report = common.data_report(cfg)
+    where = f"`{common.plain_path(cfg.data.path)}`" + (f" ({cfg.data.format})" if cfg.data.format else "")
+    if report:
+        lengths = report.get("token_lengths") or {}
+        size = f" — **{report.get('kept', report['records']):,} examples**"
+        if lengths.get("median"):
+            size += f", median {lengths['median']:.0f} tokens, longest {lengths['max']:,}"
+        st.caption(f"Model: `{cfg.model}` · data: {where}{size}. Change them on lessons 1 and 2.")
+    else:
+        st.caption(f"Model: `{cfg.model}` · data: {where}. Change them on lessons 1 and 2.")
+    return report
+
+
 def what_is_trained() -> None:
     with st.container(border=True):
         st.subheader("What is trained")
@@ -81,25 +105,29 @@ def what_is_trained() -> None:
             common.lesson_box(lessons.LORA)
 
 
-def how_much() -> None:
+def how_much(report: dict | None) -> None:
     with st.container(border=True):
         st.subheader("How much, how long")
         left, right = st.columns(2, gap="large")
         with left:
             choose("max_length", [64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096])
             slide("data.val_fraction", 0.0, 0.5, 0.01)
-            number("epochs", 0.01, 100.0, 0.5)
-            number("max_steps", 0, 1_000_000, 10)
+            number("epochs", 0.5)
+            number("max_steps", 10)
             common.lesson_box(lessons.EPOCHS_STEPS)
         with right:
             choose("batch_size", [1, 2, 4, 8, 16, 32, 64, 128])
             choose("grad_accum", [1, 2, 4, 8, 16, 32, 64])
-            st.markdown(f"Effective batch: **{current('batch_size') * current('grad_accum')}** examples per "
-                        "optimizer step.")
+            with common.user_errors():
+                per_step = state.engine().plan_summary(state.plan().to_dict(), None)["effective_batch"]
+                st.markdown(f"Effective batch: **{per_step}** examples per optimizer step.")
             common.lesson_box(lessons.BATCH)
+        # after every widget: the warnings are about the values just chosen
+        common.show_cautions(state.plan(), report if report and report.get("max_length") == current("max_length")
+                             else common.data_report(state.plan()))
 
 
-def learning_rate() -> int:
+def learning_rate(report: dict | None) -> int:
     """The lr settings and the schedule they give; returns the number of examples the chart assumed."""
     with st.container(border=True):
         st.subheader("The learning rate")
@@ -111,26 +139,24 @@ def learning_rate() -> int:
             slide("weight_decay", 0.0, 0.3, 0.01)
             slide("max_grad_norm", 0.0, 5.0, 0.1)
         with right:
-            known = (st.session_state.get(state.DATA_SUMMARY) or {}).get("records")
-            n_examples = st.number_input("Examples in the data set", 1, 10_000_000, int(known or 300),
-                                         key="cfg.n_examples",
-                                         help="Counted on lesson 2; change it to see how the schedule stretches.")
-            if not known:
-                st.caption("Not counted yet: check the data on lesson 2 for the real number.")
+            n_examples = (report or {}).get("kept") or (report or {}).get("records")
+            if not n_examples:
+                n_examples = st.number_input("Examples in the data set", 1, 10_000_000, 300, key="cfg.n_examples",
+                                             help="The data could not be counted: change this to see how the "
+                                                  "schedule stretches.")
             with common.user_errors():
                 summary = state.engine().plan_summary(state.plan().to_dict(), n_examples)
                 warm = summary["warmup_steps"]
-                st.plotly_chart(charts.lr_schedule_chart(summary["lr_schedule"], warm), width="stretch",
-                                key="cfg.lr_chart")
+                common.chart(charts.lr_schedule_chart(summary["lr_schedule"], warm), key="cfg.lr_chart")
                 st.caption(f"{summary['total_steps']} optimizer steps for {summary['n_train']} training examples"
                            + (f", {warm} of them warm-up." if warm else "."))
             common.lesson_box(lessons.SCHEDULE)
     return int(n_examples)
 
 
-def memory_and_speed(n_examples: int) -> None:
+def memory_and_speed(report: dict | None, n_examples: int) -> None:
     with st.container(border=True):
-        st.subheader("Memory and speed")
+        st.subheader("Memory and time")
         left, right = st.columns([2, 3], gap="large")
         with left:
             pick("precision")
@@ -138,16 +164,19 @@ def memory_and_speed(n_examples: int) -> None:
             common.lesson_box(lessons.PRECISION)
             common.lesson_box(lessons.CHECKPOINTING)
         with right:
-            memory_view.estimate_section(state.plan(), key="cfg", n_records=n_examples)
+            median = ((report or {}).get("token_lengths") or {}).get("median")
+            memory_view.estimate_section(state.plan(), key="cfg", n_records=n_examples, median_tokens=median,
+                                         measure_here=True)
 
 
 def bookkeeping() -> None:
     with st.container(border=True):
         st.subheader("Bookkeeping")
-        a, b, c = st.columns(3)
-        number("eval_every", 0, 1_000_000, 5, container=a)
-        number("save_every", 0, 1_000_000, 50, container=b)
-        number("seed", 0, 2**31 - 1, 1, container=c)
+        a, b, c, d = st.columns(4)
+        number("eval_every", 5, container=a)
+        number("save_every", 50, container=b)
+        number("keep_checkpoints", 1, label="checkpoints to keep", container=c)
+        number("seed", 1, container=d)
 
 
 def as_a_file(n_examples: int) -> None:
@@ -167,7 +196,8 @@ def as_a_file(n_examples: int) -> None:
                     "python -m core train defaults.yaml" + (" \\\n  " + sets if sets else ""), language="bash")
             if cfg.data.params:
                 st.caption("Format options (data.params) are in the YAML file only.")
-            st.caption("Lesson 4 starts exactly this run in a worker process, so closing the tab does not stop it.")
+            st.caption("Lesson 4 starts exactly this run in a worker process, so closing the tab does not stop it. "
+                       "A value refused here is refused there too, with the same reason.")
 
 
 def page() -> None:
@@ -178,13 +208,11 @@ def page() -> None:
         "it will take. The result is a config file you can also run from a terminal."
     )
     st.session_state[state.PLAN_SET_UP] = True
-    cfg = state.plan()
-    st.caption(f"Model: `{cfg.model}` · data: `{cfg.data.path}`" + (f" ({cfg.data.format})" if cfg.data.format else "")
-               + " — change them on lessons 1 and 2.")
+    report = the_data()
     what_is_trained()
-    how_much()
-    n_examples = learning_rate()
-    memory_and_speed(n_examples)
+    how_much(report)
+    n_examples = learning_rate(report)
+    memory_and_speed(report, n_examples)
     bookkeeping()
     as_a_file(n_examples)
     common.next_step(__file__)

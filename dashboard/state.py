@@ -28,12 +28,16 @@ BEFORE_ANSWER = "before_answer"    # the base model's answer on page 1, kept to 
 BEFORE_PROMPT = "before_prompt"    # the question that answer was for
 DATA_SUMMARY = "data_summary"      # {"records", "median_tokens"} of the data checked on page 2
 TOKENS_PER_S = "tokens_per_s"      # a measured training speed (lesson 7), for the time estimate
+MEASURED_STEP = "measured_step"    # lesson 3's measured step: {"config", "tokens_per_s", "peak_bytes", "step_seconds"}
 CURRENT_RUN = "current_run"        # the run page 4 looks at; pages 5, 6 and export pick it first
 OWNER = "owner"                    # this browser session's id: in a shared deployment, whose runs are whose
 UPLOADS = "uploads"                # paths of the files this session uploaded (Evaluate may read only these)
 GEN_ANSWERS = "gen_answers"        # the last answers on page 5 (and the sampler they were made with)
 # keys one page keeps for itself, declared here all the same so no two pages collide
 FT_FIGURES = "ft.figures"          # page 4: the live charts, rebuilt only when a new metrics row arrived
+FT_FOLLOWED = "ft.followed"        # page 4: the run the picker and the overlay were last moved to
+FT_DELETING = "ft.deleting"        # page 4: the run whose Delete waits for "Yes, delete"
+EXPORT_FAILED = "export_failed"    # export page: the last failed check {"run_id", "type", "message", "check"}
 MEMORY_MEASURED = "memory_measured"  # page 7: the last measured steps
 CATALOG_RESULT = "catalog.result.{package}"  # page 8: the outcome of installing a catalog package
 EXPORT_RESULT = "export_result"    # export page: the last export's result {"run_id", "type", "result"}

@@ -219,7 +219,7 @@ def test_evaluate_runs_and_saves(runs_root, tiny_run):
     at.number_input(key="eval.limit").set_value(2)
     at.slider(key="eval.max_new_tokens").set_value(16)
     at.multiselect(key="eval.evaluators").set_value(["rouge_l", "exact_match"])
-    at.text_input(key="eval.data").input(data)
+    at.selectbox(key="eval.data").set_value(data)
     at.button(key="eval.go").click().run()
     assert not at.exception and not at.error
     report = load_report(tiny_run)
@@ -227,9 +227,10 @@ def test_evaluate_runs_and_saves(runs_root, tiny_run):
     assert len(figures(at)) == 2
 
 
-def test_evaluate_bad_file_is_one_clear_error(runs_root, tiny_run):
-    at = open_page("evaluate")
-    at.text_input(key="eval.data").input("data/nope.json")
+def test_evaluate_bad_file_is_one_clear_error(runs_root, tiny_run, tmp_path):
+    gone = str(tmp_path / "nope.json")  # uploaded this session, since expired
+    at = open_page("evaluate", uploads=[gone])
+    at.selectbox(key="eval.data").set_value(gone)
     at.button(key="eval.go").click().run()
     assert not at.exception
     assert at.error and "nope.json" in at.error[0].value

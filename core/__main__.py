@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import data, evaluate, export, generate, machine, memory, models, queue, runs, train, workers
+from . import data, evaluate, export, generate, machine, memory, models, queue, runs, scale, train, workers
 from .backends import ray
 from .config import load_config
 from .engine import backend_settings
@@ -127,7 +127,7 @@ def _run_training(cfg, run_dir: Path, resume: bool, launched: bool = False) -> i
     if not launched:
         # not started by workers.launch (which clears it): a STOP file is left over from a killed run
         (run_dir / "STOP").unlink(missing_ok=True)
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # a multi-GPU launch has its GPUs already
+    if not scale.on_ray_cluster():  # a Ray cluster places a group's ranks itself
         # a fixed TUNELAB_MAX_WORKERS (refused here if malformed) needs no memory estimate
         need = None if queue.configured_max() else queue.run_need(cfg)
         if queue.wait_for_slot(run_dir, need, train.StopFlag(run_dir)) is None:
@@ -136,7 +136,10 @@ def _run_training(cfg, run_dir: Path, resume: bool, launched: bool = False) -> i
             print(f"[tunelab] run {run_dir}: stopped while queued", file=sys.stderr)
             return 0
     try:
-        result = train.train(cfg, run_dir, resume=resume, echo=_echo_progress(total))
+        if cfg.workers > 1:  # a data-parallel group on Ray Train, rank 0 writing the run's files
+            result = scale.train_group(cfg, run_dir, resume=resume, echo=_echo_progress(total))
+        else:
+            result = train.train(cfg, run_dir, resume=resume, echo=_echo_progress(total))
     except Exception as exc:  # noqa: BLE001 - only a full disk is turned into a run error here
         if not _disk_full(exc, run_dir):
             raise

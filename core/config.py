@@ -37,6 +37,9 @@ CONFIG_DOCS: dict[str, tuple[str, object]] = {
     "batch_size": ("Examples per forward pass. Memory grows with it.", (1, 4096)),
     "grad_accum": ("Micro-batches per optimizer step: effective batch = batch_size x grad_accum, "
                    "at the memory cost of one batch.", (1, 4096)),
+    "workers": ("Training processes in data parallel (one per GPU; CPU processes without one), each with a copy "
+                "of the model and every N-th micro-batch: effective batch = batch_size x grad_accum x workers.",
+                (1, 1024)),
     "lr": ("Peak learning rate. Full fine-tuning: 1e-5 to 1e-4; LoRA: 1e-4 to 1e-3.", (1e-8, 1.0)),
     "scheduler": ("How the learning rate moves after warmup: linear decay, cosine decay, or constant.", SCHEDULERS),
     "warmup_ratio": ("Share of steps spent ramping the learning rate up from 0 (0 to 0.5).", (0.0, 0.5)),
@@ -57,6 +60,7 @@ CONFIG_DOCS: dict[str, tuple[str, object]] = {
 # Names a transformers/TRL user may type, and the key TuneLab uses for them (for the error's hint).
 ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
            "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+           "num_workers": "workers", "num_processes": "workers", "world_size": "workers",
            "lr_scheduler_type": "scheduler", "max_seq_length": "max_length", "warmup": "warmup_ratio",
            "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
            "save_total_limit": "keep_checkpoints"}
@@ -121,6 +125,7 @@ class RunConfig:
     max_steps: int = 0
     batch_size: int = 8
     grad_accum: int = 1
+    workers: int = 1
     lr: float = 1e-4
     scheduler: str = "cosine"
     warmup_ratio: float = 0.05
@@ -189,8 +194,14 @@ class RunConfig:
         return max(1, round(self.steps_per_epoch(n_train) * self.epochs))
 
     def steps_per_epoch(self, n_train: int) -> int:
-        """Optimizer steps in one pass over ``n_train`` examples."""
-        return max(1, -(-n_train // self.batch_size) // self.grad_accum)
+        """Optimizer steps in one pass over ``n_train`` examples (each step takes ``grad_accum`` micro-batches
+        from each of ``workers`` processes)."""
+        return max(1, -(-n_train // self.batch_size) // (self.grad_accum * self.workers))
+
+    @property
+    def effective_batch(self) -> int:
+        """Examples per optimizer step: ``batch_size x grad_accum x workers``."""
+        return self.batch_size * self.grad_accum * self.workers
 
     def split_sizes(self, n_examples: int) -> tuple[int, int]:
         """``(n_train, n_val)``: how ``data.val_fraction`` splits ``n_examples`` (see :func:`split_sizes`)."""

@@ -35,6 +35,8 @@ FP32_ATTENTION = "tunelab_fp32_sdpa"
 LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")  # in these classes each feeds projections only
 KNOWN_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "SmolLM3RMSNorm", "Phi3RMSNorm"}
 KNOWN_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "SmolLM3MLP"}
+# the architectures whose norms and MLPs are the classes above: the memory estimate models them fused
+FUSED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm3")
 
 
 def fuse(model, precision: str, device_type: str | None = None) -> list[str]:

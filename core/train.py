@@ -8,12 +8,13 @@
               checkpoint; stop when asked; at the end final/ (a folder from_pretrained
               opens) and status "finished".
 
-Run it as a worker: ``python -m core train config.yaml --run-dir runs/x``
-(``accelerate launch -m core train ...`` on several GPUs).
+Run it as a worker: ``python -m core train config.yaml --run-dir runs/x``; with ``workers: N`` the
+same :func:`train` runs in N processes of a data-parallel group (``core.scale``, on Ray Train).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -28,8 +29,8 @@ from pathlib import Path
 from . import data, models, runs
 from .config import RunConfig
 from .errors import UserError
-from .machine import Precision, auto_precision, resolve_precision
-from .models import default_lora_targets
+from .machine import Precision, auto_precision, device, pad_multiple, resolve_precision
+from .models import PLAIN_HEAD, default_lora_targets
 from .plan import lr_factor, lr_schedule_at, warmup_steps
 from .registry import FailureLog, get_registry, one_line
 from . import fused
@@ -47,10 +48,7 @@ NAN_HELP = (
     "high (try lr / 10), no gradient clipping (set max_grad_norm: 1.0), fp16 overflow (use bf16 or fp32), "
     "or broken examples (check the data with `python -m core data check`)."
 )
-# Architectures whose output layer is a plain linear map of the last hidden state (no logit
-# soft-capping or scaling), so the loss can compute logits at the trained positions only.
-PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo", "olmo2", "phi3", "gpt2", "gpt_neo",
-              "starcoder2", "stablelm")
+
 
 
 # -- setting up --------------------------------------------------------------------------------
@@ -105,14 +103,29 @@ def build_scheduler(optimizer, cfg: RunConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, w, cfg.scheduler))
 
 
-def micro_batches(examples, cfg: RunConfig, pad_id: int, epoch: int, skip: int, rank: int = 0, world: int = 1):
-    """Yield ``(epoch, index_in_epoch, batch)`` forever, epoch after epoch, from a saved position."""
+def micro_batches(examples, cfg: RunConfig, pad_id: int, epoch: int, skip: int, rank: int = 0, world: int = 1,
+                  pad_to: int = 1):
+    """Yield ``(epoch, index, batch)`` forever, epoch after epoch, from a saved position; ``(epoch, index)``
+    is where the stream goes on after this batch (what a checkpoint saves).
+
+    The micro-batches form one stream, epochs running on into each other. A group of ``world`` processes
+    takes it ``world`` at a time, rank r the r-th, so ``workers: 2, grad_accum: 1`` trains on exactly the
+    batches of ``workers: 1, grad_accum: 2``, step for step, and every rank saves the same position.
+    """
+    def stream(epoch, skip):
+        while True:
+            order = data.length_grouped_batches([len(e["input_ids"]) for e in examples], cfg.batch_size, cfg.seed,
+                                                epoch)
+            for i in range(skip, len(order)):
+                yield epoch, i, order[i]
+            epoch, skip = epoch + 1, 0
+
+    batches = stream(epoch, skip)
     while True:
-        order = data.length_grouped_batches([len(e["input_ids"]) for e in examples], cfg.batch_size, cfg.seed, epoch)
-        for i, idx in enumerate(order):
-            if i >= skip and i % world == rank:  # each process of a multi-GPU run takes its share
-                yield epoch, i, data.collate([examples[j] for j in idx], pad_id)
-        epoch, skip = epoch + 1, 0
+        round_ = [next(batches) for _ in range(world)]
+        _, _, idx = round_[rank]
+        last_epoch, last_index, _ = round_[-1]
+        yield last_epoch, last_index + 1, data.collate([examples[j] for j in idx], pad_id, pad_to, cfg.max_length)
 
 
 # -- one optimizer step ------------------------------------------------------------------------
@@ -215,24 +228,24 @@ def train_step(model, micro_batches: list[dict], optimizer, scheduler, precision
     import torch.distributed as dist
 
     device = next(model.parameters()).device
-    # Normalise by the trained tokens of the whole step (every micro-batch, every process), so
-    # each token weighs the same however the examples fall into micro-batches.
-    n_tokens = torch.tensor(sum(int((b["labels"][:, 1:] != data.IGNORE_INDEX).sum()) for b in micro_batches),
-                            device=device)
+    # Normalise by the trained tokens of the whole step (every micro-batch, every process), so each token
+    # weighs the same however the examples fall into micro-batches; counted in host memory: no device wait.
+    n_tokens = sum(int((b["labels"][:, 1:] != data.IGNORE_INDEX).sum()) for b in micro_batches)
+    seen = sum(int(b["attention_mask"].sum()) for b in micro_batches)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world > 1:
-        dist.all_reduce(n_tokens)
-    n_tokens = max(int(n_tokens), 1)
+        dist.all_reduce(total := torch.tensor(n_tokens, device=device))
+        n_tokens = int(total)
+    n_tokens = max(n_tokens, 1)
 
-    loss_sum, seen = 0.0, 0
+    loss_sum = torch.zeros((), device=device)
     for batch in micro_batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with precision.autocast():
             loss = trained_loss(model, batch, n_tokens)  # forward
         # backward; DDP averages gradients over processes, so scale back up to a sum over tokens
         precision.scaler.scale(loss * world).backward()
-        loss_sum += loss.item()
-        seen += int(batch["attention_mask"].sum())
+        loss_sum += loss.detach().float()  # stays on the device: no wait here
 
     params = [p for p in model.parameters() if p.grad is not None]
     precision.scaler.unscale_(optimizer)  # fp16: true gradients before measuring them
@@ -244,9 +257,10 @@ def train_step(model, micro_batches: list[dict], optimizer, scheduler, precision
     scheduler.step()  # the next step's learning rate
     optimizer.zero_grad(set_to_none=True)
     if world > 1:  # the step's loss is over every process's tokens
-        loss_sum = torch.tensor(loss_sum, device=device)
         dist.all_reduce(loss_sum)
-    return {"loss": float(loss_sum), "grad_norm": float(grad_norm), "tokens": seen}
+    # the step's one wait for the device: its loss and gradient norm, read together
+    loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
+    return {"loss": loss_value, "grad_norm": norm_value, "tokens": seen}
 
 
 def evaluate_loss(model, examples, cfg: RunConfig, pad_id: int, precision: Precision) -> float:
@@ -373,14 +387,64 @@ def check_fresh(run_dir: Path) -> None:
                         f"`python -m core resume {run_dir}` to continue it, or a new --run-dir")
 
 
+# -- one process or several: data parallelism ---------------------------------------------------
+class Group:
+    """This process's place in the run: alone, or one rank of a data-parallel group.
+
+    A group is N processes, each with a full copy of the model, each taking every N-th micro-batch;
+    after backward, DDP averages their gradients, so every copy takes the same optimizer step.
+    The process group itself is set up by whoever started the processes (Ray Train's TorchTrainer,
+    see ``core.scale``; or ``torchrun``): here it is only read. Rank 0 writes the run's files.
+    """
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        grouped = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if grouped else 0
+        self.size = dist.get_world_size() if grouped else 1
+        local_rank = int(os.environ.get("LOCAL_RANK", "0")) if grouped else None
+        self.device = device(local_rank)
+        self.is_main = self.rank == 0
+
+    def wrap(self, model):
+        """The model on this process's device; in a group, wrapped in DDP (gradients averaged)."""
+        import torch
+
+        model = model.to(self.device)
+        if self.size == 1:
+            return model
+        ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    @staticmethod
+    def unwrap(model):
+        return getattr(model, "module", model)
+
+    def combine(self, value: float, how: str) -> float:
+        """``value`` combined over the group (``"max"`` or ``"sum"``): every rank gets the same answer."""
+        if self.size == 1:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(value, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if how == "max" else dist.ReduceOp.SUM)
+        return t.item()
+
+
 # -- the run: the lifecycle around train_step ----------------------------------------------------
 class _Hooks:
     """Calls the plugins' lifecycle hooks; a plugin that raises is logged on the run, not fatal."""
 
-    def __init__(self, registry, run_dir: Path, run: dict):
+    def __init__(self, registry, run_dir: Path, run: dict, active: bool = True):
         self.registry, self.run_dir, self.run, self.errors = registry, run_dir, run, FailureLog()
+        self.active = active  # rank 0 only: a group's other ranks would report every event again
 
     def __call__(self, name: str, **kwargs) -> None:
+        if not self.active:
+            return
+
         def on_error(plugin, exc):  # kept: each plugin's first few (an on_log raising every step is counted)
             message = f"plugin '{plugin}' raised in {name}: {one_line(exc)}"
             if self.errors.add(plugin, message):
@@ -392,8 +456,8 @@ class _Hooks:
 class _Session:
     """Everything one run holds while it trains (filled by :func:`_set_up`)."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, echo, hooks: _Hooks):
-        self.cfg, self.run_dir, self.echo, self.hook = cfg, run_dir, echo, hooks
+    def __init__(self, cfg: RunConfig, run_dir: Path, echo, hooks: _Hooks, group: Group):
+        self.cfg, self.run_dir, self.echo, self.hook, self.group = cfg, run_dir, echo, hooks, group
         self.stop = StopFlag(run_dir)
         self.position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed_s": 0.0, "tokens": 0}
 
@@ -404,22 +468,25 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
     ``echo(row)`` receives every metrics row (the CLI prints them as JSON lines).
     """
     run_dir = Path(run_dir)
-    if not resume:
-        check_fresh(run_dir)
-    runs.create_run(cfg, run_dir=run_dir)
-    runs.remove_partial_checkpoints(run_dir)  # a worker killed mid-save leaves step-N.tmp/
-    runs.write_status(run_dir, state="running", pid=os.getpid(), error=None, started_at=runs.now())
+    group = Group()
+    if group.is_main:
+        if not resume:
+            check_fresh(run_dir)
+        runs.create_run(cfg, run_dir=run_dir)
+        runs.remove_partial_checkpoints(run_dir)  # a worker killed mid-save leaves step-N.tmp/
+        runs.write_status(run_dir, state="running", pid=os.getpid(), error=None, started_at=runs.now(),
+                          workers=group.size)
     run = {"run_dir": str(run_dir), "config": cfg.to_dict(), "total_steps": None, "start_step": 0}
-    s = _Session(cfg, run_dir, echo, _Hooks(registry or get_registry(), run_dir, run))
+    s = _Session(cfg, run_dir, echo, _Hooks(registry or get_registry(), run_dir, run, group.is_main), group)
     result = {"state": "failed", "step": 0, "error": None, "final_dir": None, "user_error": False}
     try:
         _set_up(s, resume)
         run.update(total_steps=s.total_steps, start_step=s.position["step"])
         s.hook("on_train_start")
         result["state"] = _loop(s)
-        if result["state"] == "finished" and s.accelerator.is_main_process:
+        if result["state"] == "finished" and group.is_main:
             # the trained model, ready for from_pretrained; checkpoints are no longer needed
-            result["final_dir"] = str(save_final(run_dir, s.accelerator.unwrap_model(s.model), s.tokenizer, cfg))
+            result["final_dir"] = str(save_final(run_dir, group.unwrap(s.model), s.tokenizer, cfg))
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded; _failure says which re-raise
         result["error"], result["user_error"], fatal = _failure(exc)
@@ -427,9 +494,10 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
             raise
     finally:
         result["step"] = s.position["step"]
-        (run_dir / "STOP").unlink(missing_ok=True)
-        runs.write_status(run_dir, state=result["state"], error=result["error"], step=result["step"],
-                          finished_at=runs.now())
+        if group.is_main:
+            (run_dir / "STOP").unlink(missing_ok=True)
+            runs.write_status(run_dir, state=result["state"], error=result["error"], step=result["step"],
+                              finished_at=runs.now())
         s.hook("on_train_end", result=result)
     return result
 
@@ -437,41 +505,44 @@ def train(cfg: RunConfig, run_dir, resume: bool = False, registry=None, echo=Non
 def _set_up(s: _Session, resume: bool) -> None:
     """Data, model, optimizer, schedule, precision, and the saved position when resuming."""
     import torch
-    from accelerate import Accelerator
 
-    cfg = s.cfg
-    precision = resolve_precision(cfg.precision)
-    s.accelerator = Accelerator()  # the device, and DDP under `accelerate launch`; autocast is ours
+    cfg, group = s.cfg, s.group
+    device_type = group.device.split(":")[0]
+    precision = resolve_precision(cfg.precision, device_type)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = models.load_tokenizer(cfg.model)
     s.data = data.prepare(cfg.data.path, tokenizer, cfg.max_length, cfg.data.format or None, cfg.data.params,
                           cfg.data.val_fraction, cfg.seed, cfg.train_on_prompt, s.hook.registry)
+    if cfg.workers != group.size:  # the steps are counted for the group the run asked for
+        cfg = s.cfg = dataclasses.replace(cfg, workers=group.size)
     s.total_steps = cfg.total_steps(len(s.data.train))
     s.per_epoch = cfg.steps_per_epoch(len(s.data.train))
-    reason = auto_precision()[1] if cfg.precision == "auto" else f"{precision}: set in the config"
-    runs.write_status(s.run_dir, total_steps=s.total_steps, data=s.data.summary(), precision=precision,
-                      precision_reason=reason)
+    reason = auto_precision(device_type)[1] if cfg.precision == "auto" else f"{precision}: set in the config"
+    if group.is_main:
+        runs.write_status(s.run_dir, total_steps=s.total_steps, data=s.data.summary(), precision=precision,
+                          precision_reason=reason, device=group.device)
 
-    model, s.tokenizer = build_model(cfg, precision=precision, device_type=s.accelerator.device.type)
-    runs.write_status(s.run_dir, fused=model.tunelab_fused)
-    s.model = s.accelerator.prepare(model)
-    s.optimizer = build_optimizer(s.model, cfg)  # after prepare: fused AdamW wants the final device
+    model, s.tokenizer = build_model(cfg, precision=precision, device_type=device_type)
+    if group.is_main:
+        runs.write_status(s.run_dir, fused=model.tunelab_fused)
+    s.model = group.wrap(model)
+    s.optimizer = build_optimizer(s.model, cfg)  # after wrap: fused AdamW wants the final device
     s.scheduler = build_scheduler(s.optimizer, cfg, s.total_steps)
-    s.precision = Precision(precision, s.accelerator.device)
+    s.precision = Precision(precision, group.device)
     s.pad_id = s.tokenizer.pad_token_id
-    if resume and runs.latest_checkpoint(s.run_dir):
-        s.position = load_checkpoint(runs.latest_checkpoint(s.run_dir), s.accelerator.unwrap_model(s.model),
+    if resume and runs.latest_checkpoint(s.run_dir):  # every rank restores the same step
+        s.position = load_checkpoint(runs.latest_checkpoint(s.run_dir), group.unwrap(s.model),
                                      s.optimizer, s.scheduler)
-    if s.accelerator.is_main_process:
+    if group.is_main:
         runs.truncate_metrics(s.run_dir, s.position["step"])  # rows past the checkpoint will be redone
 
 
 def _loop(s: _Session) -> str:
     """Repeat :func:`train_step` until the last step or a stop; returns 'finished' or 'stopped'."""
-    cfg, acc, position = s.cfg, s.accelerator, s.position
+    cfg, group, position = s.cfg, s.group, s.position
     batches = micro_batches(s.data.train, cfg, s.pad_id, position["epoch"], position["batch_in_epoch"],
-                            acc.process_index, acc.num_processes)
+                            group.rank, group.size, pad_multiple(group.device))
     started = time.time() - position["elapsed_s"]
     if s.stop and position["step"] < s.total_steps:  # asked to stop while loading: nothing new to save
         return "stopped"
@@ -481,8 +552,8 @@ def _loop(s: _Session) -> str:
         out = train_step(s.model, [b for _, _, b in micro], s.optimizer, s.scheduler, s.precision,
                          cfg.max_grad_norm)
         step = position["step"] + 1
-        epoch_index, batch_index, _ = micro[-1]
-        position.update(step=step, epoch=epoch_index, batch_in_epoch=batch_index + 1,
+        epoch_index, next_index, _ = micro[-1]
+        position.update(step=step, epoch=epoch_index, batch_in_epoch=next_index,
                         elapsed_s=time.time() - started, tokens=position["tokens"] + out["tokens"])
         if not math.isfinite(out["loss"]):  # the same on every process: they stop together
             raise FloatingPointError(NAN_HELP.format(loss=out["loss"], step=step))
@@ -491,10 +562,10 @@ def _loop(s: _Session) -> str:
         if s.data.val and ((cfg.eval_every and step % cfg.eval_every == 0) or step == s.total_steps):
             _validate(s, started)
         # every process must agree, or one would wait forever for the others in the next step
-        stopping = _any_process(acc, float(bool(s.stop)), "max") > 0 and step < s.total_steps
+        stopping = group.combine(float(bool(s.stop)), "max") > 0 and step < s.total_steps
         if stopping or (cfg.save_every and step % cfg.save_every == 0 and step < s.total_steps):
-            if acc.is_main_process:
-                save_checkpoint(s.run_dir, acc.unwrap_model(s.model), s.optimizer, s.scheduler, dict(position),
+            if group.is_main:
+                save_checkpoint(s.run_dir, group.unwrap(s.model), s.optimizer, s.scheduler, dict(position),
                                 keep=cfg.keep_checkpoints)
         if stopping:
             return "stopped"
@@ -510,7 +581,7 @@ def _log(s: _Session, out: dict, tokens_per_s: float) -> None:
            "tokens": s.position["tokens"]}
     _emit(s, row)
     s.hook("on_log", metrics=row)
-    if s.accelerator.is_main_process:
+    if s.group.is_main:
         runs.write_status(s.run_dir, step=step, elapsed_s=row["elapsed_s"])
 
 
@@ -525,19 +596,10 @@ def _validate(s: _Session, started: float) -> None:
 
 
 def _emit(s: _Session, row: dict) -> None:
-    if s.accelerator.is_main_process:
+    if s.group.is_main:
         runs.append_metrics(s.run_dir, row)
         if s.echo:
             s.echo(row)
-
-
-def _any_process(accelerator, value: float, how: str) -> float:
-    """``value`` combined over all processes of a multi-GPU run (itself on one process)."""
-    if accelerator.num_processes == 1:
-        return value
-    import torch
-
-    return accelerator.reduce(torch.tensor(value, device=accelerator.device), how).item()
 
 
 def _failure(exc: BaseException) -> tuple[str, bool, bool]:

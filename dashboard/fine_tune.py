@@ -47,7 +47,8 @@ def planned_run_text(cfg) -> str:
             f"- data: `{common.plain_path(cfg.data.path)}`" + (f" ({cfg.data.format})" if cfg.data.format else "")
             + f", {cfg.data.val_fraction:.0%} held out for validation\n"
             f"- method: **{cfg.method}**, learning rate **{cfg.lr:.0e}** ({cfg.scheduler}), "
-            f"effective batch {state.engine().plan_summary(cfg.to_dict(), None)['effective_batch']}\n"
+            f"effective batch {state.engine().plan_summary(cfg.to_dict(), None)['effective_batch']}"
+            + (f" over **{cfg.workers} workers** in data parallel" if cfg.workers > 1 else "") + "\n"
             f"- length: {length}")
 
 
@@ -157,9 +158,13 @@ def progress_text(progress: dict, rows: list[dict]) -> str:
     if state_ == "queued" and progress.get("queue_ahead") is not None:
         ahead = progress["queue_ahead"]
         return f"queued, {ahead} ahead" if ahead else "queued, next to start"
+    workers = int(progress.get("workers") or 1)
     if state_ in ("queued", "running") and not rows:
-        return "Starting the worker: loading the model and the data…"
+        return ("Starting the worker: loading the model and the data…" if workers == 1 else
+                f"Starting {workers} workers (a data-parallel group on Ray): loading the model and the data…")
     text = f"{state_} · step {progress['step']}" + (f" of {total}" if total else "")
+    if workers > 1:
+        text += f" · {workers} workers in data parallel"
     if state_ in ACTIVE and progress.get("eta_s") is not None:
         text += f" · about {common.human_seconds(progress['eta_s'])} left"
     return text

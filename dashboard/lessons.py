@@ -163,6 +163,21 @@ BATCH = box(
     "Comparing runs with different effective batches at the same learning rate.",
 )
 
+DATA_PARALLEL = box(
+    "Data parallelism (workers)",
+    "`workers` runs N training processes, each with a full copy of the model. Each step, worker r takes "
+    "every N-th micro-batch; after the backward pass the workers average their gradients, so every copy "
+    "takes exactly the same update and stays identical.",
+    "More examples per step without more memory per process: on N GPUs a step takes about 1/N of the time. "
+    "The effective batch is batch_size × grad_accum × workers.",
+    "What is copied: the model and optimizer, on every worker. What is averaged: the gradients, once a step. "
+    "So `workers: 2, grad_accum: 1` sees exactly the data of `workers: 1, grad_accum: 2`, and the two loss "
+    "curves match: data parallelism is accumulation spread over processes.",
+    "Expecting a speed-up on one CPU: the workers share its cores (and exchange gradients every step), so "
+    "here they show how it works rather than make it faster. Raising workers without lowering grad_accum "
+    "changes the effective batch, and with it the steps per epoch and the right learning rate.",
+)
+
 PLUGINS = box(
     "Plugins",
     "Data formats, samplers and evaluators are plugins: small Python modules that register objects "

@@ -118,10 +118,15 @@ def how_much(report: dict | None) -> None:
         with right:
             choose("batch_size", [1, 2, 4, 8, 16, 32, 64, 128])
             choose("grad_accum", [1, 2, 4, 8, 16, 32, 64])
+            choose("workers", [1, 2, 4, 8])
             with common.user_errors():
-                per_step = state.engine().plan_summary(state.plan().to_dict(), None)["effective_batch"]
-                st.markdown(f"Effective batch: **{per_step}** examples per optimizer step.")
+                plan_ = state.engine().plan_summary(state.plan().to_dict(), None)
+                cfg = state.plan()
+                st.markdown(f"Effective batch: **{plan_['effective_batch']}** examples per optimizer step "
+                            f"({cfg.batch_size} × {cfg.grad_accum} × {cfg.workers} "
+                            f"worker{'s' if cfg.workers != 1 else ''}).")
             common.lesson_box(lessons.BATCH)
+            common.lesson_box(lessons.DATA_PARALLEL)
         # after every widget: the warnings are about the values just chosen
         common.show_cautions(state.plan(), report if report and report.get("max_length") == current("max_length")
                              else common.data_report(state.plan()))

@@ -116,3 +116,51 @@ def test_without_the_engine_a_verb_says_what_to_install(monkeypatch):
     with pytest.raises(engine.EngineMissing, match="make setup.*TUNELAB_BACKEND=ray"):
         local.LocalEngine().describe_model("embedded")
     assert local.LocalEngine().health()["ok"] is False
+
+
+def test_the_model_cache_drops_old_models_before_a_new_one_would_not_fit_on_the_device(tmp_path):
+    free = {"bytes": 1000}
+    released = []
+
+    def loader(path):
+        free["bytes"] -= 400  # each model takes 400 bytes of the device
+        return path
+
+    def release():  # the dropped model's memory goes back to the device
+        released.append(1)
+        free["bytes"] += 400
+
+    cache = local.ModelCache(size=4, free_bytes=lambda: free["bytes"], release=release)
+    folders = [str(tmp_path / n) for n in "abc"]
+    for f in folders:
+        (tmp_path / f).mkdir(exist_ok=True)
+    cache.get(folders[0], loader, need=400)
+    cache.get(folders[1], loader, need=400)  # 600 free: fits with the margin (500)
+    assert free["bytes"] == 200 and not released
+    cache.get(folders[2], loader, need=400)  # 200 free: 'a', the least recent, goes first
+    assert len(released) == 1 and cache.peek(folders[0]) is None and cache.peek(folders[1]) == folders[1]
+
+
+def test_the_device_rule_prefers_the_freest_gpu_and_honours_the_override():
+    from core import machine
+
+    assert machine.choose_device(None, [], False) == "cpu"
+    assert machine.choose_device(None, [], True) == "mps"
+    assert machine.choose_device(None, [5, 9, 2], False) == "cuda:1"  # the most free memory
+    assert machine.choose_device(None, [5, 9], False, local_rank=2) == "cuda:0"  # a group's rank takes its own
+    assert machine.choose_device("cpu", [5, 9], False) == "cpu"
+    assert machine.choose_device("cuda:0", [5, 9], False) == "cuda:0"
+    with pytest.raises(UserError, match="TUNELAB_DEVICE='cuda' is not a device on this machine; use one of cpu"):
+        machine.choose_device("cuda", [], False)
+
+
+def test_batches_round_up_to_a_few_shapes_on_a_gpu_and_not_on_a_cpu():
+    from core import data, machine
+
+    examples = [{"input_ids": [5] * n, "labels": [5] * n} for n in (70, 100)]
+    assert machine.pad_multiple("cpu") == 1 and machine.pad_multiple("cuda:0") == 64
+    assert data.collate(examples, 0)["input_ids"].shape == (2, 100)  # the longest member
+    bucketed = data.collate(examples, 0, machine.pad_multiple("cuda:0"), max_length=256)
+    assert bucketed["input_ids"].shape == (2, 128) and int(bucketed["attention_mask"].sum()) == 170
+    assert (bucketed["labels"][:, 100:] == data.IGNORE_INDEX).all()  # padding is never trained on
+    assert data.collate(examples, 0, 64, max_length=110)["input_ids"].shape == (2, 110)  # never past max_length

@@ -98,7 +98,9 @@ def test_precision():
     assert mixed["weights"] > fp32["weights"]
     assert mixed["optimizer"] == fp32["optimizer"]
     assert mixed["activations"] < fp32["activations"]
-    assert est(precision="fp16")["total"] == mixed["total"]
+    # on a GPU fp16 and bf16 run the same step (on a CPU, bf16's attention runs in fp32: more memory)
+    assert est(precision="fp16", device_type="cuda")["total"] == est(precision="bf16", device_type="cuda")["total"]
+    assert est(precision="bf16", device_type="cpu")["activations"] > est(precision="bf16", device_type="cuda")["activations"]
     with pytest.raises(ValueError):
         est(precision="int3")
 
@@ -220,3 +222,22 @@ def test_measure_in_worker_runs_the_cli_and_reports_user_errors(tiny_model):
     assert r["peak_bytes"] > 0 and r["batch_size"] == 1 and r["device"] in ("cpu", "cuda")
     with pytest.raises(UserError, match="no such|not a model|does not exist"):
         measure.measure_in_worker({"model": "/nowhere/model", "precision": "fp32"}, steps=1)
+
+
+# Measured on an NVIDIA H200 (torch.cuda.max_memory_allocated of a bf16 training step, random tokens, every
+# position trained; transformers 5.23): the GPU issue's table. The coefficients were counted on a CPU, not fitted
+# to these rows; the test keeps the model explaining them.
+H200_PEAKS = [("135M", 16, 1024, 11.45), ("135M", 8, 256, 3.64), ("1.7B", 8, 1024, 41.3)]
+SMOL_1_7B = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                        num_key_value_heads=32, vocab_size=49152, tie_word_embeddings=True)
+
+
+@pytest.mark.parametrize("size, batch, length, measured_gib", H200_PEAKS)
+def test_the_estimate_of_the_engine_explains_the_measured_gpu_peaks(size, batch, length, measured_gib):
+    config = SMOL if size == "135M" else SMOL_1_7B
+    e = memory.estimate(config, precision="bf16", batch_size=batch, max_length=length, device_type="cuda")
+    assert e["engine"] == {"fused": True, "fp32_attention": False, "chunked_logits": True}
+    assert abs(e["total"] / 2**30 / measured_gib - 1) < 0.15, e["total"] / 2**30
+    plain = memory.estimate(config, precision="bf16", batch_size=batch, max_length=length, device_type="cuda",
+                            engine=False)
+    assert plain["total"] > e["total"]  # transformers' own layers and full logits: what the old estimate said

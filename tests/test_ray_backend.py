@@ -39,18 +39,20 @@ def wait_for(predicate, timeout=120, every=0.3, what="condition"):
 
 
 # -- without a head: the command a job runs, and requests that must never be sent ----------------
-def test_multi_gpu_job_is_launched_with_accelerate_and_asks_ray_for_the_gpus():
+def test_a_job_runs_the_plain_worker_command_and_a_group_job_reserves_nothing_itself():
     body = rb.job_request("/box/py", "/box/runs/r1", "tunelab-r1-1", "gcs://_ray_pkg_x.zip", "/box/runs", "r1",
-                          gpus=4)
-    assert body["entrypoint"] == ("/box/py -m accelerate.commands.launch --num_processes 4 -m core train "
-                                  "/box/runs/r1/config.yaml --run-dir /box/runs/r1")
-    assert body["entrypoint_num_gpus"] == 4
+                          gpus=1, workers=4)
+    assert body["entrypoint"] == "/box/py -m core train /box/runs/r1/config.yaml --run-dir /box/runs/r1"
+    # the group's driver holds no CPU or GPU: its 4 ranks ask Ray Train for theirs
+    assert body["entrypoint_num_cpus"] == 0 and "entrypoint_num_gpus" not in body
     assert body["runtime_env"]["working_dir"] == "gcs://_ray_pkg_x.zip"
     assert body["runtime_env"]["env_vars"]["TUNELAB_RUNS_DIR"] == "/box/runs"
     one = rb.job_request("/box/py", "/box/runs/r1", "j", "gcs://p", "/box/runs", "r1", resume=True, gpus=1)
     assert one["entrypoint"] == "/box/py -m core resume /box/runs/r1" and one["entrypoint_num_gpus"] == 1
+    assert one["entrypoint_num_cpus"] == 1
     assert "entrypoint_num_gpus" not in rb.job_request("/p", "/r", "j", "gcs://p", "/", "r")
-    assert rb._engine_config({"gpus": 2, "lr": 1e-4})[0] == {"lr": 1e-4}
+    assert rb._engine_config({"gpus": 1, "lr": 1e-4})[0] == {"lr": 1e-4}
+    assert rb._engine_config({"gpus": 2, "lr": 1e-4})[0] == {"lr": 1e-4, "workers": 2}  # one rank per GPU
     with pytest.raises(UserError, match="negative"):
         rb._engine_config({"gpus": -1})
 

@@ -12,15 +12,14 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from .. import catalog, data, evaluate, export, generate, memory, models, readers, runs, standby, workers
+from .. import (catalog, data, engine, evaluate, export, generate, machine, memory, models, readers, registry, runs,
+               standby, workers)
 from ..config import RunConfig
-from .. import engine
 from ..engine import RUN_PREFIX, Engine, run_model
 from ..errors import UserError
 from ..limits import memory_limit
 from ..machine import machine_facts
 from ..measure import measure_in_worker
-from .. import registry
 
 
 def _plugin_rows(registry, kind: str, extra=()) -> list[dict]:
@@ -41,14 +40,21 @@ class ModelCache:
     Bounded (``TUNELAB_MODEL_CACHE``, default 2: a base and a tuned model): a shared server
     that kept every model anyone loaded would run out of memory. A folder rewritten on disk
     (a resumed run that finished again) is loaded anew: the key holds its signature.
+
+    On a GPU it also accounts the device's memory: ``free_bytes()`` says what is free there, and
+    before a model of ``need`` bytes loads, the least recently used ones are dropped (and
+    ``release()`` hands their memory back to the device) until it fits with a margin.
     """
 
-    def __init__(self, size: int | None = None):
+    MARGIN = 1.25  # weights are not all: activations and the KV cache of an answer need room too
+
+    def __init__(self, size: int | None = None, free_bytes=None, release=None):
         self.size = max(1, int(size or os.environ.get("TUNELAB_MODEL_CACHE") or 2))
+        self.free_bytes, self.release = free_bytes, release or (lambda: None)
         self._items: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: str, loader):
+    def get(self, path: str, loader, need: int = 0):
         key = (path, models.folder_signature(path))
         with self._lock:
             if key in self._items:
@@ -56,12 +62,22 @@ class ModelCache:
                 return self._items[key]
             for old in [k for k in self._items if k[0] == path]:
                 del self._items[old]  # a stale version of this folder
+            self._make_room(need)
         value = loader(path)  # outside the lock: loading takes seconds
         with self._lock:
             self._items[key] = value
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
         return value
+
+    def _make_room(self, need: int) -> None:
+        """Drop the least recently used models until ``need`` bytes fit on the device (never the last
+        chance: with nothing left to drop, the load goes ahead and says so itself if it does not fit)."""
+        if self.free_bytes is None or not need:
+            return
+        while self._items and self.free_bytes() < need * self.MARGIN:
+            self._items.popitem(last=False)
+            self.release()
 
     def peek(self, path: str):
         """What is loaded for ``path`` (None if nothing is), without loading it or reordering."""
@@ -71,6 +87,18 @@ class ModelCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+        self.release()
+
+
+def weights_bytes(path: str) -> int:
+    """Bytes of a model's weights on disk (0 when they cannot be found without loading it)."""
+    try:
+        folder = Path(models.resolve(path))
+    except Exception:  # noqa: BLE001 - a Hub id not downloaded yet: the load says what is wrong
+        return 0
+    if not folder.is_dir():
+        return 0
+    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
 
 
 class LocalEngine(Engine):
@@ -85,6 +113,7 @@ class LocalEngine(Engine):
     def __init__(self, settings: dict | None = None):
         self.settings = dict(settings or {})
         self.models = ModelCache(self.settings.get("model_cache"))
+        self._device = None
         self.tokenizers = ModelCache(4)
         if self.settings.get("standby", True):
             standby.prestart()  # a worker imports torch ahead of Start (TUNELAB_STANDBY=0: none)
@@ -110,10 +139,35 @@ class LocalEngine(Engine):
             return str(final)
         return model
 
+    def device(self) -> str:
+        """Where this engine's models sit: ``core.machine.device`` (the one rule), once per engine."""
+        if self._device is None:
+            self._device = self.settings.get("device") or machine.device()
+            if self._device.startswith("cuda"):
+                import torch
+
+                index = torch.device(self._device).index or 0
+                self.models.free_bytes = lambda: torch.cuda.mem_get_info(index)[0]
+                self.models.release = torch.cuda.empty_cache
+        return self._device
+
+    def _load_on_device(self, path: str):
+        """``core.models.load_model`` (fp32, on the CPU), then onto the device in the precision answering
+        takes there: bf16 weights on a GPU that has it, not fp32."""
+        loaded, tok = models.load_model(path)
+        where = self.device()
+        if where != "cpu":
+            loaded.to(device=where, dtype=machine.inference_dtype(where))
+        return loaded, tok
+
     def load(self, model: str | None):
-        """``(model, tokenizer)`` for a model name, from the bounded cache."""
+        """``(model, tokenizer)`` for a model name, from the bounded cache, on :meth:`device`."""
         engine.require_engine("Loading a model")
-        return self.models.get(self._model_path(model), models.load_model)
+        path = self._model_path(model)
+        self.device()  # the cache accounts the device's memory from the first load on
+        dtype_bytes = 2 if self._device.startswith("cuda") else 4
+        need = weights_bytes(path) * dtype_bytes // 4  # on disk in fp32 (or 16-bit: then an over-estimate)
+        return self.models.get(path, self._load_on_device, need)
 
     def tokenizer(self, model: str | None):
         engine.require_engine("Reading tokens")
@@ -158,7 +212,9 @@ class LocalEngine(Engine):
     # -- a model --------------------------------------------------------------------------------
     def describe_model(self, model: str) -> dict:
         loaded, tok = self.load(model)
-        return {"name": model, **models.describe(loaded, tok)}
+        weight = next(loaded.parameters())
+        return {"name": model, **models.describe(loaded, tok), "device": str(weight.device),
+                "dtype": str(weight.dtype).replace("torch.", "")}
 
     def tokenize(self, model: str, text: str) -> dict:
         tok = self.tokenizer(model)

@@ -47,6 +47,7 @@ from ..data import check_path
 from ..engine import Engine, backend_settings
 from ..errors import UserError
 from ..paths import REPO_ROOT
+from ..plan import check_resources
 
 TERMINAL_JOB = ("SUCCEEDED", "FAILED", "STOPPED")
 STOP_GRACE_S = float(os.environ.get("TUNELAB_RAY_STOP_GRACE_S") or 60)
@@ -144,23 +145,26 @@ class Http:
 
 
 # -- what a job runs ----------------------------------------------------------------------------
-def worker_command(python: str, run_dir: str, resume: bool = False, gpus: int = 0) -> list[str]:
-    """TuneLab's worker command, unchanged from a local run; ``accelerate launch`` for several GPUs."""
+def worker_command(python: str, run_dir: str, resume: bool = False) -> list[str]:
+    """TuneLab's worker command, unchanged from a local run (a ``workers: N`` run starts its group itself,
+    on this cluster, through Ray Train: ``core.scale``)."""
     verb = ["resume", run_dir] if resume else ["train", f"{run_dir}/config.yaml", "--run-dir", run_dir]
-    if gpus > 1:
-        return [python, "-m", "accelerate.commands.launch", "--num_processes", str(gpus), "-m", "core", *verb]
     return [python, "-m", "core", *verb]
 
 
 def job_request(python: str, run_dir: str, job_id: str, package: str, runs_dir: str, run_id: str,
-                resume: bool = False, gpus: int = 0) -> dict:
-    """The body of ``POST /api/jobs/`` for one attempt of a run."""
-    body = {"entrypoint": shlex.join(worker_command(python, run_dir, resume, gpus)), "submission_id": job_id,
+                resume: bool = False, gpus: int = 0, workers: int = 1) -> dict:
+    """The body of ``POST /api/jobs/`` for one attempt of a run.
+
+    A one-process run is the job itself, on a CPU or (``gpus``) a GPU. A group's job is only its driver,
+    which asks Ray Train for a CPU or GPU per rank: it reserves nothing, or the ranks could never all fit.
+    """
+    body = {"entrypoint": shlex.join(worker_command(python, run_dir, resume)), "submission_id": job_id,
             "runtime_env": {"working_dir": package,
                             "env_vars": {"PYTHONUNBUFFERED": "1", "TUNELAB_RUNS_DIR": runs_dir}},
-            "metadata": {"tunelab_run": run_id}, "entrypoint_num_cpus": 1}
-    if gpus:
-        body["entrypoint_num_gpus"] = gpus
+            "metadata": {"tunelab_run": run_id}, "entrypoint_num_cpus": 1 if workers == 1 else 0}
+    if gpus and workers == 1:
+        body["entrypoint_num_gpus"] = 1
     return body
 
 
@@ -362,6 +366,8 @@ class RayEngine(Engine):
         """Prepare the run on the box (data uploaded into it), submit its job, start the mirror.
         ``run_dir`` is the mirror folder (the CLI's ``--run-dir``); default ``runs_root()/<run id>``."""
         config, gpus = _engine_config(config, self.gpus)
+        workers = int(config.get("workers") or 1)
+        self.check_group(workers)  # more ranks than the cluster holds would wait forever: refused now
         data = config.setdefault("data", {})
         data["path"] = self.upload(data.get("path") or DataConfig().path)  # a file here travels to the box
         info = self.box()
@@ -371,18 +377,38 @@ class RayEngine(Engine):
         job = job_id_for(box_id, 1)
         write_backend(mirror, {"backend": "ray", "address": self.address, "service": self.service_url,
                                "run_id": box_id, "box_run_dir": prepared["run_dir"], "job": job, "attempt": 1,
-                               "from_step": 0, "gpus": gpus})
+                               "from_step": 0, "gpus": gpus, "workers": workers})
         _write_mirror_config(mirror, prepared["config"])
         runs.write_atomic(mirror / "status.json", json.dumps(
             {"state": "queued", "step": 0, "total_steps": None, "error": None, "pid": None,
              "remote": {"address": self.address, "job": job}, "updated_at": runs.now()}, indent=2))
         runs.truncate_metrics(mirror, -1)
-        self._submit(prepared["run_dir"], job, box_id, info, resume=False, gpus=gpus)
+        self._submit(prepared["run_dir"], job, box_id, info, resume=False, gpus=gpus, workers=workers)
         return mirror.name
 
-    def _submit(self, box_run_dir, job, box_id, info, resume, gpus) -> None:
-        body = job_request(info["python"], box_run_dir, job, self.package(), info["runs_dir"], box_id, resume, gpus)
+    def _submit(self, box_run_dir, job, box_id, info, resume, gpus, workers=1) -> None:
+        body = job_request(info["python"], box_run_dir, job, self.package(), info["runs_dir"], box_id, resume, gpus,
+                           workers)
         self.jobs.json("POST", "/api/jobs/", body)
+
+    def cluster_resources(self) -> dict | None:
+        """``{"CPU": n, "GPU": m}`` summed over the cluster's live nodes (the dashboard's state API), or
+        None when it cannot tell (a head that has just started lists no node yet)."""
+        try:
+            nodes = self.jobs.json("GET", "/api/v0/nodes?limit=1000")["data"]["result"]["result"]
+        except (UserError, KeyError, TypeError):
+            return None
+        alive = [n.get("resources_total") or {} for n in nodes if n.get("state") == "ALIVE"]
+        if not alive:
+            return None
+        return {key: sum(float(n.get(key, 0)) for n in alive) for key in ("CPU", "GPU")}
+
+    def check_group(self, workers: int) -> None:
+        """Refuse a ``workers: N`` run the cluster cannot hold, before a job is submitted."""
+        if workers > 1:
+            found = self.cluster_resources()
+            if found is not None:
+                check_resources(workers, found["GPU"], found["CPU"])
 
     def resume_run(self, run_id, owner=None, run_dir=None) -> None:
         """A new job (``python -m core resume``) for the same box folder; rows stay contiguous."""
@@ -392,13 +418,14 @@ class RayEngine(Engine):
         status = runs.read_status(mirror)
         if status["state"] in runs.ACTIVE:
             raise UserError(f"run {run_id} is still {status['state']} on the box (job {meta['job']})")
+        self.check_group(int(meta.get("workers") or 1))
         prepared = self.call("prepare_resume", run_id=meta["run_id"])
         attempt = int(prepared["attempt"])
         meta.update(job=job_id_for(meta["run_id"], attempt), attempt=attempt, from_step=prepared["checkpoint_step"])
         write_backend(mirror, meta)
         runs.write_status(mirror, state="queued", error=None, remote={"address": self.address, "job": meta["job"]})
         self._submit(prepared["run_dir"], meta["job"], meta["run_id"], self.box(), resume=True,
-                     gpus=int(meta.get("gpus") or 0))
+                     gpus=int(meta.get("gpus") or 0), workers=int(meta.get("workers") or 1))
 
     def stop_run(self, run_id, owner=None, run_dir=None, wait: bool = False) -> None:
         """The box's STOP file first (the worker checkpoints and exits); Ray's job stop after
@@ -556,11 +583,14 @@ def _combine(box: dict, job: dict | None, meta: dict, address: str) -> dict:
 
 
 def _engine_config(config: dict, default_gpus: int = 0) -> tuple[dict, int]:
-    """The RunConfig part of a config dict, and the GPUs it asks for (``gpus``, not a RunConfig key)."""
+    """The RunConfig part of a config dict, and whether a one-process run asks for a GPU (``gpus``, a
+    backend setting, not a RunConfig key). ``gpus: N`` above 1 means N workers, one per GPU."""
     config = json.loads(json.dumps(config or {}))
     gpus = int(config.pop("gpus", None) or default_gpus or 0)
     if gpus < 0:
         raise UserError(f"gpus: {gpus} is negative; ask for 0 (CPU), 1, or the number of GPUs to train on")
+    if gpus > 1 and int(config.get("workers") or 1) == 1:
+        config["workers"] = gpus
     return config, gpus
 
 

@@ -1,6 +1,6 @@
 """Each speed lever of the training step, measured alone on the same batches (CPU).
 
-    python bench/levers.py [--examples 64] [--steps 4]
+    python bench/levers.py [--examples 64] [--steps 4] [--no-bf16]
 
 Runs, in one process and on the same batches of the lesson data (batch 8, max_length 256),
 one optimizer step after another under each set-up (after a warm-up of each precision), from
@@ -76,6 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=64)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--no-bf16", action="store_true", help="fp32 levers only (a CPU without native bf16)")
     args = ap.parse_args()
     from core import models
 
@@ -88,10 +89,11 @@ def main() -> None:
         if name != "plain":
             fused.fuse(model, "bf16" if name == "fused+attention" else "fp32")
         variants[name] = model.train()
-    for precision in ("fp32", "bf16"):  # warm-up: first calls page in libtorch and pick kernels
+    precisions = ("fp32",) if args.no_bf16 else ("fp32", "bf16")
+    for precision in precisions:  # warm-up: first calls page in libtorch and pick kernels
         time_setup(variants["plain"], batches, precision, True, "chunked", 1)
     results = []
-    for label, name, precision, fused_adamw, loss in LEVERS:
+    for label, name, precision, fused_adamw, loss in [lever for lever in LEVERS if lever[2] in precisions]:
         t = statistics.median(time_setup(variants[name], batches, precision, fused_adamw, loss, args.steps))
         results.append((label, t))
         print(f"{label:<52} {t:6.2f} s/step", flush=True)

@@ -141,11 +141,15 @@ def trl(n: int, fastest: bool = False) -> dict:
             "precision": "bf16" if args.bf16 else "fp32", "gradient_checkpointing": bool(args.gradient_checkpointing)}
 
 
-def matmul_peak() -> dict:
-    """The best TFLOP/s of a square matmul on the CPU, fp32 and bf16: the ceiling MFU is measured against."""
+def matmul_peak(bf16: bool = True) -> dict:
+    """The best TFLOP/s of a square matmul on the CPU, fp32 and bf16: the ceiling MFU is measured against.
+
+    ``bf16=False`` (a CPU without native bf16, see ``bench.common.bf16_gate``): fp32 only, bf16 None.
+    """
     import torch
 
-    return {"fp32": matmul_tflops("cpu", torch.float32), "bf16": matmul_tflops("cpu", torch.bfloat16)}
+    return {"fp32": matmul_tflops("cpu", torch.float32),
+            "bf16": matmul_tflops("cpu", torch.bfloat16) if bf16 else None}
 
 
 PEERS = {

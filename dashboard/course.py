@@ -33,6 +33,9 @@ LESSONS = [
            "Every hyperparameter explained, the learning-rate schedule, the memory it will need."),
     Lesson("dashboard/fine_tune.py", "4 · Fine-tune", ":material/model_training:", "The six steps",
            "Start training and watch the loss fall, live."),
+    # 4b: beside the six steps, not between them: Fine-tune still leads on to Generate (see NEXT)
+    Lesson("dashboard/experiments.py", "4b · Experiments", ":material/science:", "The six steps",
+           "Vary one setting: three learning rates side by side, their curves overlaid, a verdict in words."),
     Lesson("dashboard/generate.py", "5 · Generate", ":material/chat:", "The six steps",
            "Talk to the tuned model; compare it with the 'before' answer; try sampling strategies."),
     Lesson("dashboard/evaluate.py", "6 · Evaluate", ":material/fact_check:", "The six steps",
@@ -48,7 +51,7 @@ LESSONS = [
 ]
 
 # The lesson each page leads to, when it is not simply the next row (Export is reached from Evaluate's page).
-NEXT = {"dashboard/evaluate.py": "dashboard/memory.py"}
+NEXT = {"dashboard/evaluate.py": "dashboard/memory.py", "dashboard/fine_tune.py": "dashboard/generate.py"}
 NEXT_BLURB = {"dashboard/evaluate.py": "where training memory goes"}
 
 

@@ -266,6 +266,22 @@ RUNS = box(
     "no `final/` model until it is resumed and finishes.",
 )
 
+EXPERIMENT = box(
+    "An experiment: one setting, several values",
+    "Two to four short runs of your planned run that differ in **one** setting only (the learning rate, say), "
+    "with the same seed, the same data in the same order and the same number of steps. Their loss curves, "
+    "drawn on one chart, show what that setting does; the verdict puts it into words.",
+    "Reading about a learning rate that is \"too high\" is not the same as watching a loss jump up. Keeping "
+    "everything else equal is what makes the comparison fair: a different seed or data order alone moves a "
+    "short curve by a few percent, so change two things at once and you cannot tell which one did it.",
+    "Whether a curve falls, barely moves or jumps up (diverges); which run ends lowest on the validation "
+    "examples it never trained on (the dashed line); how noisy each curve is. The runs are short, so the "
+    "verdict calls two runs a tie when they end within their noise of each other.",
+    "Reading a 6-step experiment as the last word (a short run favours a high learning rate: over a whole run "
+    "the best one is often a little lower); comparing runs that differ in more than one setting; "
+    "trusting one lucky run (run it again with another seed before you rely on it).",
+)
+
 FAILED_HINT = (
     "What to do: read the error above (it names the cause), change the setting on **3 · Set up training**, "
     "and Start again. An *interrupted* run (its worker was killed) can be **resumed** from its last "

@@ -17,10 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import data, evaluate, export, generate, machine, memory, models, queue, runs, scale, train, workers
+from . import (data, evaluate, experiment_driver, export, generate, machine, memory, models, queue, runs, scale,
+               train, workers)
 from .backends import ray
 from .config import load_config
-from .engine import backend_settings
+from .engine import backend_settings, get_engine
 from .errors import UserError
 from .measure import measure_step, settings_config
 from .registry import get_registry
@@ -377,6 +378,26 @@ def cmd_prepare_embedded(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    """One setting, 2 to 4 values: short runs (here one after another, in the foreground), a verdict, a PNG."""
+    setting, values = experiment_driver.parse_vary(args.vary)
+    budget = experiment_driver.parse_budget(args.budget)
+    cfg = load_config(args.config, args.set)
+    try:  # as train: a missing data file or model folder is refused before anything runs
+        data.check_path(cfg.data.path)
+        models.check_model_name(cfg.model)
+    except UserError as exc:
+        raise UserError(f"{args.config}: {exc}") from None
+    engine = get_engine({"standby": False})  # TUNELAB_BACKEND=ray: the runs are jobs on the box
+    return experiment_driver.cli_experiment(engine, cfg.to_dict(), setting, values, budget)
+
+
+def cmd_experiment_run(args) -> int:
+    """The driver of an experiment started by the engine (``core.experiment_driver``)."""
+    experiment_driver.drive_experiment(args.exp_dir)
+    return 0
+
+
 def cmd_serve(args) -> int:
     """The TuneLab service on a GPU box (``core.service``): the Ray backend's interactive verbs."""
     serve(args.host, args.port)
@@ -499,6 +520,13 @@ COMMANDS = [
         _arg("--param", action="append", help="sampler parameter name=value"),
         _arg("--keep-anyway", action="store_true", help="keep the file even if the read-back check fails "
                                                          "(the README card records the failure)"), JSON]),
+    ("experiment", "vary one setting: 2 to 4 short runs, their curves overlaid (a PNG) and a verdict",
+     cmd_experiment, [_arg("config"), _arg("--vary", required=True, metavar="SETTING=V1,V2[,V3,V4]",
+                                           help="the setting and its values, e.g. lr=1e-5,1e-4,1e-3"),
+                      _arg("--budget", default="120", help="time for all the runs, in seconds (or 2m); default 120"),
+                      SETS]),
+    ("experiment-run", "(internal) an experiment's driver: its runs one after another (core/experiment_driver.py)",
+     cmd_experiment_run, [_arg("exp_dir", help="the experiment's folder, <runs>/experiments/<id>")]),
     ("prepare-embedded", "convert the embedded model once (done by make run)", cmd_prepare_embedded, []),
     ("make-tiny-model", "save a tiny random model (2 layers) for end-to-end checks in seconds", cmd_make_tiny_model,
      [_arg("dir", help="a new folder")]),

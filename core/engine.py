@@ -21,7 +21,8 @@ import os
 import threading
 from typing import Iterator
 
-from . import plan
+from . import experiments, plan
+from .config import RunConfig
 from .errors import UserError
 from .registry import get_registry
 from .runs import ACTIVE  # noqa: F401 - pages read the run states through the facade
@@ -187,6 +188,35 @@ class Engine:
         """The last ``lines`` of the worker's log."""
         raise NotImplementedError
 
+    # -- lesson 4b: experiments (one setting, 2 to 4 values, short runs side by side) -------------
+    def start_experiment(self, plan: dict, setting: str, values: list, budget_s: float = 120,
+                         owner: str | None = None) -> str:
+        """Start an experiment and return its id: one short run of the planned run ``plan`` (a config dict)
+        per value of ``setting`` (2 to 4 values, numbers or text such as ``"1e-4"``), each with the same seed,
+        data and steps, the steps sized by :meth:`plan_experiment` to fit ``budget_s`` seconds. Its runs are
+        ordinary runs (listed, resumed, evaluated like any other). Locally they run one after another, chained
+        by a driver process, so a closed tab does not stop them (``core.experiment_driver``); on a remote
+        backend they are submitted at once and the box schedules them. A setting that cannot vary, a bad value
+        or a budget too short for curves worth reading is a UserError that says so."""
+        raise self._not_offered("experiments")
+
+    def experiment(self, exp_id: str) -> dict:
+        """An experiment as it stands (``core.experiments.read_experiment``): its record (``plan``, with the
+        ``steps`` it chose and ``why``; ``stopped``, ``owner``), each value's run (``label``, ``run_id``,
+        ``state``: pending, deleted or the run's own, ``progress``, ``rows``), the experiment's ``state``
+        (running | waiting | stopped | finished), ``final``, and the ``verdict`` so far in words
+        (``core.curves.experiment_verdict``: ``text``, ``best``, ``diverged``, ``too_slow``, ...)."""
+        raise self._not_offered("experiments")
+
+    def list_experiments(self) -> list[dict]:
+        """Every experiment, newest first, each as :meth:`experiment` reads it ([] where none can run)."""
+        return []
+
+    def stop_experiment(self, exp_id: str, owner: str | None = None) -> None:
+        """Stop an experiment: no further run of it starts, and each of its queued or running runs is asked
+        to stop (it saves a checkpoint, as :meth:`stop_run`). On a shared server only its own session may."""
+        raise self._not_offered("experiments")
+
     # -- lesson 5: generate ---------------------------------------------------------------------
     def next_token_distribution(self, model: str, prompt: str, sampler: str = "greedy",
                                 params: dict | None = None, top: int = 15) -> dict:
@@ -244,6 +274,31 @@ class Engine:
     def loop_source(self) -> dict:
         """The training step learners read (:func:`core.plan.loop_source`)."""
         return plan.loop_source()
+
+    def experiment_settings(self, config: dict) -> list[dict]:
+        """The settings an experiment may vary for the planned run ``config``: key, label, explanation, caveat,
+        current value and the values that teach (``core.experiments.settings_table``)."""
+        return experiments.settings_table(RunConfig.from_dict(config, "the planned run"))
+
+    def plan_experiment(self, plan: dict, setting: str, values: list, budget_s: float = 120) -> dict:
+        """What :meth:`start_experiment` would run, without running it (``core.experiments.plan_experiment``):
+        ``steps`` per run and ``why`` in words, ``runs``, ``estimated_s``, ``notes``, plus ``speed_source``.
+        Sized from the data (:meth:`check_data`: how many examples, the median one's tokens) and the speed
+        training had where it runs (:meth:`training_speed`); with no speed known a slow machine's is assumed,
+        and the plan says so."""
+        cfg = RunConfig.from_dict(plan, "the planned run")
+        cfg.validate("the planned run")
+        experiments.check_values(cfg, setting, values, budget_s)  # a bad setting or value: before the data is read
+        report = self.check_data(cfg.data.path, cfg.data.format or None, cfg.data.params, cfg.model, cfg.max_length)
+        if not report.get("ok", True):
+            raise UserError(report.get("error") or f"{cfg.data.path}: the data cannot be read")
+        n_train, _ = cfg.split_sizes(int(report.get("kept") or report.get("records") or 0))
+        median = (report.get("token_lengths") or {}).get("median")
+        speed = self.training_speed(cfg.to_dict())
+        seconds = experiments.step_seconds(cfg, median, speed["tokens_per_s"]) if speed and median else None
+        planned = experiments.plan_experiment(cfg, setting, values, budget_s, seconds, n_train, median)
+        planned["speed_source"] = speed["source"] if seconds else None
+        return planned
 
     def save_upload(self, name: str, content: bytes) -> str:
         """Keep a file a learner uploaded (``core.uploads.save_upload``: a safe, unique name; old

@@ -78,6 +78,8 @@ DEFAULT_MAX_UPLOAD_MB = 512.0
 NOT_SERVED = {
     # training and its control are Ray Jobs; the service prepares them instead (BOX_VERBS)
     "start_run", "resume_run", "stop_run",
+    # an experiment's runs are Ray Jobs the client submits together, its record in the client's mirror folder
+    "start_experiment", "experiment", "list_experiments", "stop_experiment",
     # a real training step, run in a worker process: work for a job, not for the service's process
     "measure_memory",
     # writes a model to any folder on the box; the client says to export there (`python -m core export`)
@@ -88,6 +90,7 @@ NOT_SERVED = {
     "set_plugin_enabled", "install_plugin", "catalog",
     # answered by the client itself, on the dashboard's machine: pure rules and the dashboard's own files
     "plan_summary", "loop_source", "save_upload", "allowed_data", "data_choices", "embedded_ready",
+    "experiment_settings", "plan_experiment",
 }
 # The service's own verbs: the box's run folders, for the jobs the client submits. ``run_metrics``
 # here (rows from a line on, read from the box's metrics file) answers in place of the engine's.

@@ -171,6 +171,32 @@ def runs_overlay_chart(curves: dict[str, list[dict]], smoothing: float = 0.6) ->
                    legend=dict(orientation="h", y=-0.2))
 
 
+def experiment_chart(curves: dict[str, list[dict]], smoothing: float = 0.6, total_steps: int | None = None,
+                     hints: dict[str, str] | None = None) -> go.Figure:
+    """An experiment's runs overlaid, one colour per value: the raw training loss faint, smoothed solid,
+    validation dashed (where a run has one). ``curves``: value label -> metrics rows."""
+    fig = go.Figure()
+    for i, (label, rows) in enumerate(curves.items()):
+        colour, name = RUN_COLOURS[i % len(RUN_COLOURS)], label + (f" ({hints[label]})" if (hints or {}).get(label) else "")
+        steps, loss = _xy(rows, "loss")
+        fig.add_trace(go.Scatter(x=steps, y=loss, mode="lines+markers", name=f"{name} · raw", showlegend=False,
+                                 line=dict(color=colour, width=1), opacity=0.3, marker=dict(size=4),
+                                 legendgroup=label, hovertemplate="step %{x}: %{y:.4f}<extra>" + label + " raw</extra>"))
+        fig.add_trace(go.Scatter(x=steps, y=ema(loss, smoothing), mode="lines", name=f"{name} · training",
+                                 line=dict(color=colour, width=3), legendgroup=label,
+                                 hovertemplate="step %{x}: %{y:.4f}<extra>" + label + "</extra>"))
+        val_steps, val_loss = _xy(rows, "eval_loss")
+        if val_loss:
+            fig.add_trace(go.Scatter(x=val_steps, y=val_loss, mode="lines+markers", name=f"{name} · validation",
+                                     line=dict(color=colour, width=2, dash="dash"), marker=dict(size=9, symbol="square"),
+                                     legendgroup=label,
+                                     hovertemplate="step %{x}: %{y:.4f}<extra>" + label + " validation</extra>"))
+    xaxis = dict(title="optimizer step", rangemode="tozero", dtick=1 if (total_steps or 0) <= 20 else None)
+    if total_steps:
+        xaxis["range"] = [0.5, total_steps + 0.5]
+    return _layout(fig, None, height=380, xaxis=xaxis, yaxis_title="loss (lower is better)", legend_above=True)
+
+
 # -- lesson 5: the next-token distribution -------------------------------------------------------
 
 def next_token_chart(dist: dict, sampler: str = "sampler") -> go.Figure:

@@ -97,7 +97,7 @@ def controls(exp_id: str | None, active: bool) -> None:
         with left:
             key, values, budget_s = choose()
             planned = show_plan(key, values, budget_s)
-            run_col, stop_col, _ = st.columns([1, 1, 2])
+            run_col, stop_col, _ = st.columns([3, 2, 2])  # wide enough for the labels
             run = run_col.button("Run the experiment", type="primary", icon=":material/science:", key="exp.run",
                                  disabled=active or planned is None, width="stretch",
                                  help="Wait for the running experiment to end (or stop it) first." if active else

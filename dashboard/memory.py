@@ -70,6 +70,9 @@ def what_each_trick_saves(plans: dict[str, dict]) -> dict[str, dict]:
     cols = st.columns(2)
     with cols[0]:
         common.lesson_box(lessons.LORA)
+        if st.button("See it: full fine-tuning against LoRA", icon=":material/science:", key="mem.see_method",
+                     help="Opens 4b · Experiments: the same run with every weight learning, and with LoRA."):
+            state.see_experiment("method")
         common.lesson_box(lessons.CHECKPOINTING)
     with cols[1]:
         common.lesson_box(lessons.PRECISION)

@@ -186,6 +186,9 @@ def segments_html(segments: list[dict], limit: int = 1200) -> str:
 def token_lengths(lengths: dict, max_length: int) -> None:
     st.header("How long are the examples?")
     common.lesson_box(lessons.LENGTHS)
+    if st.button("See it: train at 3 max lengths", icon=":material/science:", key="data.see_length",
+                 help="Opens 4b · Experiments with max_length 64, 128 and 256 filled in."):
+        state.see_experiment("max_length")
     if not lengths.get("values"):
         return
     s = st.columns(4)

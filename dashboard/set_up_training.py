@@ -139,6 +139,9 @@ def learning_rate(report: dict | None) -> int:
         left, right = st.columns([2, 3], gap="large")
         with left:
             choose("lr", LRS, fmt=lambda v: f"{v:.0e}")
+            if st.button("See it: run 3 learning rates", icon=":material/science:", key="cfg.see_lr",
+                         help="Opens 4b · Experiments with a learning rate too low, about right and too high."):
+                state.see_experiment("lr")
             pick("scheduler")
             slide("warmup_ratio", 0.0, 0.5, 0.01)
             slide("weight_decay", 0.0, 0.3, 0.01)

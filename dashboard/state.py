@@ -38,6 +38,12 @@ FT_FIGURES = "ft.figures"          # page 4: the live charts, rebuilt only when 
 FT_FOLLOWED = "ft.followed"        # page 4: the run the picker and the overlay were last moved to
 FT_DELETING = "ft.deleting"        # page 4: the run whose Delete waits for "Yes, delete"
 EXPORT_FAILED = "export_failed"    # export page: the last failed check {"run_id", "type", "message", "check"}
+EXP_SETTING = "exp.setting"        # experiments page: the setting to vary (a "See it" link sets it)
+EXP_VALUES = "exp.values"          # experiments page: its values, as text ("1e-4"); a "See it" link sets them
+EXP_BUDGET = "exp.budget"          # experiments page: the time budget in minutes
+EXP_CURRENT = "exp.current"        # experiments page: the experiment it shows (also ?experiment= in the address)
+EXP_ANSWERS = "exp.answers"        # experiments page: {exp id: {label: {"answer", "perplexity"}}}, made once
+EXP_FIGURE = "exp.figure"          # experiments page: the live chart, rebuilt only when a new metrics row arrived
 MEMORY_MEASURED = "memory_measured"  # page 7: the last measured steps
 CATALOG_RESULT = "catalog.result.{package}"  # page 8: the outcome of installing a catalog package
 EXPORT_RESULT = "export_result"    # export page: the last export's result {"run_id", "type", "result"}
@@ -104,6 +110,17 @@ def remember_upload(path: str) -> None:
 
 def uploads() -> list[str]:
     return list(st.session_state.get(UPLOADS, []))
+
+
+def see_experiment(setting: str, values: list[str] | None = None) -> None:
+    """Open the Experiments page with ``setting`` and ``values`` (text; default: the values that teach,
+    from ``Engine.experiment_settings``) filled in: what a "See it" link does."""
+    if values is None:
+        rows = {row["key"]: row for row in engine().experiment_settings(plan().to_dict())}
+        values = [s["text"] for s in rows[setting]["suggestions"]]
+    st.session_state[EXP_SETTING] = setting
+    st.session_state[EXP_VALUES] = list(values)
+    st.switch_page("dashboard/experiments.py")
 
 
 def current_run() -> str | None:

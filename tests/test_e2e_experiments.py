@@ -3,8 +3,10 @@ rates" opens 4b · Experiments with the default plan's three teaching values; Ru
 embedded model, one after another, and the page draws the three curves live, then the verdict (core's
 words) and each model's answer with its perplexity.
 
-Slow: three real runs of the 135M model on the CPU (about 2 minutes, the default budget) plus the
-answers. The figures (steps chosen, seconds to the verdict and to the answers, the verdict's text) are
+Slow: three real runs of the 135M model on the CPU plus the answers. Measured on the quiet 2-core
+machine: 6 steps a run (no speed measured yet: 4 s a step assumed), the verdict 99 s after Run, the
+answers at 116 s, the whole test 128 s; the dashboard and the browser took 15 of the 169 CPU seconds.
+With other work on the same cores it took ten minutes (the steps ran at a tenth of their speed). The figures (steps chosen, seconds to the verdict and to the answers, the verdict's text) are
 printed and written to ``test-artifacts/experiments/figures.json`` beside a screenshot of the page.
 """
 

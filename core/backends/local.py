@@ -12,8 +12,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from .. import (catalog, data, engine, evaluate, export, generate, machine, memory, models, readers, registry, runs,
-               standby, workers)
+from .. import (catalog, data, engine, evaluate, experiment_driver, experiments, export, generate, machine, memory,
+               models, readers, registry, runs, standby, workers)
 from ..config import RunConfig
 from ..engine import RUN_PREFIX, Engine, run_model
 from ..errors import UserError
@@ -329,6 +329,28 @@ class LocalEngine(Engine):
         if not log.is_file():
             return ""
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+    # -- experiments: the runs one after another, chained by a driver process (core.experiment_driver) ----
+    def start_experiment(self, plan, setting, values, budget_s=120, owner=None) -> str:
+        engine.require_engine("Running an experiment")
+        caps = self.capabilities()
+        if not caps["train"]:
+            raise UserError(f"Training is turned off here: {caps['why']}. Point TuneLab at a GPU box "
+                            "(TUNELAB_BACKEND=ray) to run experiments.")
+        folder = experiments.create_experiment(None, self.plan_experiment(plan, setting, values, budget_s), owner)
+        experiment_driver.launch_driver(folder)
+        return folder.name
+
+    def experiment(self, exp_id) -> dict:
+        record = experiments.read_experiment(experiments.experiment_folder(exp_id))
+        experiment_driver.ensure_driver(record["path"], record)  # its driver died with values to run: again
+        return record
+
+    def list_experiments(self) -> list[dict]:
+        return experiments.list_experiments()
+
+    def stop_experiment(self, exp_id, owner=None) -> None:
+        experiment_driver.stop_experiment_runs(experiments.experiment_folder(exp_id), owner)
 
     # -- generate -------------------------------------------------------------------------------
     def next_token_distribution(self, model, prompt, sampler="greedy", params=None, top=15) -> dict:

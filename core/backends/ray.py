@@ -41,7 +41,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from .. import runs
+from .. import experiments, runs
 from ..config import DataConfig, load_config
 from ..data import check_path
 from ..engine import Engine, backend_settings
@@ -485,6 +485,56 @@ class RayEngine(Engine):
         meta = self._meta(self._ensure_mirror(run_id), run_id)
         logs = self.jobs.json("GET", f"/api/jobs/{meta['job']}/logs")["logs"]
         return "\n".join(logs.splitlines()[-lines:])
+
+    # -- experiments: every run a Ray job, submitted together; the record in this machine's mirror -------
+    def start_experiment(self, plan, setting, values, budget_s=120, owner=None) -> str:
+        """Plan as the local backend does (the box's data check and speed), then submit every run at once:
+        the box's Ray schedules them side by side as its CPUs and GPUs allow, so they end no later than
+        one after another would (the budget's assumption)."""
+        planned = self.plan_experiment(plan, setting, values, budget_s)
+        planned["notes"].append("On the Ray backend the runs are submitted together and the box runs them side "
+                                "by side as it has room: they may end sooner than planned.")
+        folder = experiments.create_experiment(None, planned, owner)
+        try:
+            for item in experiments.run_configs(planned):
+                run_id = self.start_run(item["config"].to_dict(), name=item["name"], owner=owner)
+                experiments.mark_started(folder, item["label"], run_id)
+        except UserError:  # all or nothing: what was submitted stops, the error says why
+            self._stop_experiment_runs(folder)
+            raise
+        return folder.name
+
+    def experiment(self, exp_id) -> dict:
+        folder = experiments.experiment_folder(exp_id)
+        for run_id in experiments.run_ids(folder):
+            self._catch_up(run_id)
+        return experiments.read_experiment(folder)
+
+    def list_experiments(self) -> list[dict]:
+        return [self.experiment(record["id"]) for record in experiments.list_experiments()]
+
+    def stop_experiment(self, exp_id, owner=None) -> None:
+        folder = experiments.experiment_folder(exp_id)
+        experiments.check_owner(folder, owner, "stop")
+        for run_id in experiments.run_ids(folder):
+            self._catch_up(run_id)
+        self._stop_experiment_runs(folder)
+
+    def _stop_experiment_runs(self, folder) -> None:
+        for run_id in experiments.mark_stopped(folder):
+            try:
+                self.stop_run(run_id)
+            except UserError:
+                pass  # it ended meanwhile, or the box is away (the job runs on: stop it there)
+
+    def _catch_up(self, run_id: str) -> None:
+        """Sync the mirror of a run still active (an ended run's mirror is final); rebuilt if it was lost."""
+        try:
+            mirror = self._ensure_mirror(run_id)
+            if runs.read_status(mirror)["state"] in runs.ACTIVE:
+                self.sync(mirror)
+        except UserError:
+            pass  # the box is away: the record shows what the mirror has
 
     def _meta(self, mirror: Path, run_id) -> dict:
         meta = read_backend(mirror)

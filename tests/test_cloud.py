@@ -66,6 +66,8 @@ def test_the_thin_app_runs_every_page_under_the_cloud_limit(box, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: `make chromium` installs it")
     from playwright.sync_api import expect, sync_playwright
+    # Playwright's expect waits 5 s by default: a busy 2-core machine (CI) needs longer for a rerun to paint
+    expect.set_options(timeout=60_000)
 
     settings, head = box
     figures = {}

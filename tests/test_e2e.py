@@ -86,6 +86,8 @@ def browser():
 
 def test_walk_the_lessons(server, browser):
     from playwright.sync_api import expect
+    # Playwright's expect waits 5 s by default: a busy 2-core machine (CI) needs longer for a rerun to paint
+    expect.set_options(timeout=60_000)
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1440, "height": 1100})

@@ -89,6 +89,8 @@ def browser():
 
 def test_refused_values_live_runs_delete_and_export_fallback(server, browser, runs_root):
     from playwright.sync_api import expect
+    # Playwright's expect waits 5 s by default: a busy 2-core machine (CI) needs longer for a rerun to paint
+    expect.set_options(timeout=60_000)
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1280, "height": 900})

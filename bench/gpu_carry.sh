@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Before a GPU session's device call, on this machine: build/gpu-carry/ holds what that machine lacks
-# (../shared/gpu/README.md): the wheels of the engine's pins it does not have, and the embedded model's config,
+# (it has torch and CUDA but not datasets, gguf, trl or our transformers, and no network): the wheels of the engine's pins it does not have, and the embedded model's config,
 # tokenizer and chat template (its weights do not fit in a call: bench/gpu.py builds a random-init stand-in
 # from these). build/ is ignored by git, so the folder travels only as `carry: ["build/gpu-carry"]` (about 20 MB).
 set -euo pipefail

@@ -226,7 +226,7 @@ def test_measure_in_worker_runs_the_cli_and_reports_user_errors(tiny_model):
 
 # Measured on an NVIDIA H200 (torch.cuda.max_memory_allocated of a bf16 training step, random tokens, every
 # position trained; transformers 5.23): the GPU issue's table. The coefficients were counted on a CPU, not fitted
-# to these rows; the test keeps the model explaining them.
+# to these rows; the test keeps the model explaining them. The table: docs/gpu-measured-2026-12-04.md.
 H200_PEAKS = [("135M", 16, 1024, 11.45), ("135M", 8, 256, 3.64), ("1.7B", 8, 1024, 41.3)]
 SMOL_1_7B = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
                         num_key_value_heads=32, vocab_size=49152, tie_word_embeddings=True)

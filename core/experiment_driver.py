@@ -28,7 +28,6 @@ writes the curves overlaid as a PNG (:func:`write_overlay_png`).
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import shutil
@@ -59,9 +58,7 @@ def launch_driver(folder) -> int | None:
     folder = Path(folder).resolve()
     fd = os.open(folder / DRIVER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not workers.take_lock(fd):  # retried: a reader's probe holds it for microseconds
             return None
         os.utime(folder / DRIVER_LOCK)  # when a driver last started (ensure_driver waits a little after it)
         # No standby worker in the driver: one started as a run ends would import torch beside the next run's
@@ -72,15 +69,10 @@ def launch_driver(folder) -> int | None:
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(fd,),
                                     start_new_session=True, env=env)
         threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it exits: no zombie left
-        _write_pid(fd, proc.pid)
+        workers.write_lock_pid(fd, proc.pid)
         return proc.pid
     finally:
         os.close(fd)  # the child's copy keeps the lock held
-
-
-def _write_pid(fd: int, pid: int) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{pid}\n".encode(), 0)
 
 
 def driver_pid(folder) -> int | None:
@@ -95,19 +87,7 @@ def driver_pid(folder) -> int | None:
 
 def driver_alive(folder) -> bool:
     """Whether some process holds the experiment's ``driver.lock`` (its driver, or the CLI's foreground)."""
-    try:
-        fd = os.open(Path(folder) / DRIVER_LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    return runs.lock_held(Path(folder) / DRIVER_LOCK)
 
 
 def ensure_driver(folder, record: dict) -> int | None:
@@ -138,13 +118,11 @@ def _hold_lock(folder: Path) -> int:
         except OSError:
             pass
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not workers.take_lock(fd):
         os.close(fd)
         raise UserError(f"experiment {folder.name} already has a driver running its runs; follow it on the "
                         "Experiments page, or stop it there") from None
-    _write_pid(fd, os.getpid())
+    workers.write_lock_pid(fd, os.getpid())
     return fd
 
 

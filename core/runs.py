@@ -127,8 +127,13 @@ def valid_pid(pid) -> bool:
 
 def worker_alive(run_dir) -> bool:
     """Whether some process holds the run's ``worker.lock`` (a live worker, queued or training)."""
+    return lock_held(Path(run_dir) / LOCK_NAME)
+
+
+def lock_held(path) -> bool:
+    """Whether some process holds the ``flock`` on ``path`` (a probe: a shared lock for microseconds)."""
     try:
-        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:

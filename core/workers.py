@@ -37,8 +37,8 @@ def hold(fd: int) -> None:
 
 
 # -- one worker per run: worker.lock -------------------------------------------------------------
-def _lock(fd: int, attempts: int = 10) -> bool:
-    """Take an exclusive flock without waiting for a holder. A reader's probe (:func:`worker_alive`)
+def take_lock(fd: int, attempts: int = 10) -> bool:
+    """Take an exclusive flock without waiting for a holder. A reader's probe (:func:`core.runs.lock_held`)
     holds a shared lock for microseconds, so a few quick retries tell it from a live worker."""
     for i in range(attempts):
         try:
@@ -53,20 +53,20 @@ def _lock(fd: int, attempts: int = 10) -> bool:
 def _lock_run(fd: int, run_dir: Path) -> bool:
     """:func:`_lock` for a run's worker.lock. A worker that has written its final state is
     exiting (saving, tearing torch down): wait for it a little rather than refuse."""
-    if _lock(fd):
+    if take_lock(fd):
         return True
     state = (read_json(Path(run_dir) / "status.json") or {}).get("state")
     if state in ACTIVE:
         return False
     deadline = time.time() + EXIT_GRACE_S
     while time.time() < deadline:
-        if _lock(fd, attempts=1):
+        if take_lock(fd, attempts=1):
             return True
         time.sleep(0.1)
     return False
 
 
-def _write_lock_pid(fd: int, pid: int) -> None:
+def write_lock_pid(fd: int, pid: int) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{pid}\n".encode(), 0)
 
@@ -142,7 +142,7 @@ def claim_worker(run_dir) -> bool:
         if not _lock_run(fd, run_dir):
             os.close(fd)
             raise UserError(_busy(run_dir))
-    _write_lock_pid(fd, os.getpid())
+    write_lock_pid(fd, os.getpid())
     hold(fd)
     return bool(inherited)
 
@@ -186,7 +186,7 @@ def launch(run_dir, resume: bool = False) -> int:
                 if standby.enabled():
                     standby.watch(proc)  # reaped when it exits, then a standby for the next Start
                 pid = proc.pid
-        _write_lock_pid(fd, pid)
+        write_lock_pid(fd, pid)
     finally:
         os.close(fd)  # the child's copy keeps the lock held
     return pid

@@ -17,19 +17,10 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from dashboard import charts  # noqa: E402
 from no_engine import without_engine  # noqa: E402
+from helpers import open_page
 
 APP = str(REPO / "streamlit_app.py")
 TIMEOUT = 60
-
-
-def open_page(page: str, **state) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
-    at.switch_page(f"dashboard/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def figures(at) -> list[dict]:

@@ -10,13 +10,11 @@ paint, warm renders, Start to first loss point) are printed (``pytest -s`` shows
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import streamlit_server
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts" / "e2e"
@@ -39,33 +37,10 @@ def server(tmp_path):
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TUNELAB_RUNS_DIR=str(tmp_path / "runs"), TOKENIZERS_PARALLELISM="false",
                TUNELAB_STANDBY="1")  # as a learner's dashboard: a worker waits, imports done, for Start
-    log = (tmp_path / "streamlit.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.fileWatcherType", "none",
-                             "--browser.gatherUsageStats", "false"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text()[-3000:])
-        time.sleep(0.2)
     try:
-        yield url
+        with streamlit_server(port, env, tmp_path / "streamlit.log") as url:
+            yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
         if os.environ.get("TUNELAB_E2E_LOG"):
             print((tmp_path / "streamlit.log").read_text()[-5000:])
 

@@ -7,11 +7,6 @@ worker this test process stands in for, its status advanced by hand to watch the
 """
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,6 +16,7 @@ from test_e2e import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: F401
 from test_export import small_model  # noqa: F401 - the fixture
 from test_export_fallback import outlier_run  # noqa: F401 - the fixture
 from test_run_management import make_run
+from helpers import streamlit_server
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "test-artifacts" / "issue22"
@@ -44,33 +40,8 @@ def server(tmp_path, runs_root):
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TUNELAB_RUNS_DIR=str(runs_root), TOKENIZERS_PARALLELISM="false",
                TUNELAB_STANDBY="0")
-    log = (tmp_path / "streamlit.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.fileWatcherType", "none",
-                             "--browser.gatherUsageStats", "false"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text()[-3000:])
-        time.sleep(0.2)
-    try:
+    with streamlit_server(port, env, tmp_path / "streamlit.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture

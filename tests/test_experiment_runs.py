@@ -19,20 +19,11 @@ from core import experiment_driver as driver
 from core import experiments as ex
 from core import runs
 from core.errors import UserError
+from helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 VALUES = ["1e-4", "1e-3", "0.01"]
 BUDGET = 105  # at the assumed 4 s a step (no speed measured in a fresh runs folder): (35 - 14) / 4 = 5 steps
-
-
-def wait_for(predicate, timeout=240, every=0.5, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture

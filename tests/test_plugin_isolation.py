@@ -21,6 +21,7 @@ from conftest import REPO
 from core import registry
 from core.errors import UserError
 from core.registry import FailureLog, PluginError, Registry
+from helpers import open_page
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 
@@ -336,18 +337,6 @@ def test_cli_train_then_eval(env, tiny_model, chat_file, tmp_path):
 
 
 # -- the dashboard ------------------------------------------------------------------------------
-
-def open_page(page, **state):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=90)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
-    at.switch_page(f"dashboard/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
 
 def test_generate_page_shows_a_broken_sampler_in_an_error_box(explosive, runs_dir, tiny_model):
     at = open_page("generate", model_name=tiny_model)

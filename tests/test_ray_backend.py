@@ -22,20 +22,11 @@ from core import runs
 from core.backends import ray as rb
 from core.errors import UserError
 from tests.ray_head import RayHead, free_port
+from helpers import wait_for
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
 FIGURES: dict = {}
-
-
-def wait_for(predicate, timeout=120, every=0.3, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 # -- without a head: the command a job runs, and requests that must never be sent ----------------

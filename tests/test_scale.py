@@ -16,7 +16,8 @@ from core import plan, runs, train, workers
 from core.config import RunConfig
 from core.errors import UserError
 from core.paths import REPO_ROOT
-from test_ray_backend import box, data_file, engine, tiny_config, wait_for  # noqa: F401 - the Ray tests' fixtures
+from helpers import wait_for
+from test_ray_backend import box, data_file, engine, tiny_config  # noqa: F401 - the Ray tests' fixtures
 
 
 def fake_examples(n: int) -> list[dict]:

@@ -21,6 +21,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from core.config import RunConfig, apply_overrides, cautions, problems, value_problem  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from helpers import open_page
 
 APP = str(REPO / "streamlit_app.py")
 TIMEOUT = 90
@@ -104,16 +105,6 @@ def test_cautions_for_tiny_data_and_cut_examples():
 
 
 # -- the pages ask the same rule -----------------------------------------------------------------------
-
-def open_page(page: str, **state) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
-    at.switch_page(f"dashboard/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
 
 def errors(at) -> list[str]:
     return [e.value for e in at.error]

@@ -1,7 +1,7 @@
 """A training worker started before Start is pressed, so the first loss point comes seconds sooner.
 
 A fresh worker (``python -m core train``) spends its first seconds importing torch,
-transformers and accelerate before it reads a single example. The dashboard's engine starts
+transformers and the model code before it reads a single example. The dashboard's engine starts
 one *standby* worker ahead (:func:`prestart`): ``python -m core standby`` does those imports
 and waits (its half of the hand-over is ``cmd_standby`` in ``core/__main__.py``). :func:`hand_over`
 (called by ``core.workers.launch``) gives it a run over a socket

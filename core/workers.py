@@ -97,7 +97,7 @@ def _is_worker_of(pid: int, run_dir: Path) -> bool:
         cmdline, cwd = proc.cmdline(), Path(proc.cwd())
     except (psutil.Error, OSError):
         return False
-    if "core" not in cmdline:  # python -m core ... / accelerate launch -m core ...
+    if "core" not in cmdline:  # python -m core train|resume ...
         return False
     if "standby" in cmdline:  # started ahead (core.standby): it holds this run's lock open
         return _holds_open(proc, run_dir / LOCK_NAME)
@@ -121,7 +121,7 @@ def claim_worker(run_dir) -> bool:
     Takes ``worker.lock`` (or adopts the one :func:`launch` took and passed down) and keeps
     it open until the process exits, when the OS releases it - a ``kill -9`` included.
     Returns True when the lock came from :func:`launch`. Only the main process of a
-    multi-process (``accelerate launch``) run takes it.
+    data-parallel group started by ``torchrun`` takes it (a Ray Train group's driver holds it for every rank).
     """
     run_dir = Path(run_dir)
     path = run_dir / LOCK_NAME

@@ -27,7 +27,7 @@ $(STAMP): requirements.txt requirements-engine.txt requirements-test.txt example
 	touch $(STAMP)
 
 run: setup
-	$(PY) -m core prepare-embedded
+	$(PY) -m tunelab prepare-embedded
 	$(VENV)/bin/streamlit run streamlit_app.py
 
 # The end-to-end test drives Debian's chromium; install it once if it is missing.

@@ -16,7 +16,7 @@ BATCH_SIZE, MAX_LENGTH, SEED = 8, 256, 0
 
 def lesson_examples(n: int, tokenizer) -> list[dict]:
     """The first ``n`` conversations of the lesson's training file, encoded as the engine trains them."""
-    from core import data
+    from tunelab.core import data
 
     rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
     return [data.encode_messages(r["messages"], tokenizer, MAX_LENGTH) for r in rows]
@@ -24,8 +24,8 @@ def lesson_examples(n: int, tokenizer) -> list[dict]:
 
 def lesson_batches(n: int = 64, pad_to: int = 1):
     """``(batches, tokenizer)``: the examples in TuneLab's length-grouped batches of 8, in its order, each
-    padded as the engine pads it on the device it trains on (``pad_to``: ``core.machine.pad_multiple``)."""
-    from core import data, models
+    padded as the engine pads it on the device it trains on (``pad_to``: ``tunelab.core.machine.pad_multiple``)."""
+    from tunelab.core import data, models
 
     tokenizer = models.load_tokenizer("embedded")
     examples = lesson_examples(n, tokenizer)
@@ -62,7 +62,7 @@ def sync(device) -> None:
 
 def flops_per_token(config, length: float) -> float:
     """Training FLOPs per token: 6 N (forward and backward through N weights) + attention, as nanoGPT counts."""
-    from core.memory import _linear_shapes
+    from tunelab.core.memory import _linear_shapes
 
     return 6 * _linear_shapes(config)[0] + 12 * config.num_hidden_layers * config.hidden_size * length
 
@@ -74,7 +74,7 @@ def bf16_gate() -> str | None:
     2048² bf16 product took 60 s, so the bf16 matmul peak (and TRL's bf16 defaults) would keep a bench
     from ever ending there. What makes sense on such a CPU is fp32, which is what ``precision: auto`` trains in.
     """
-    from core import machine
+    from tunelab.core import machine
 
     if machine.cpu_bf16_flags():
         return None

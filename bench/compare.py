@@ -66,7 +66,7 @@ def flops_per_token(mean_length: float) -> float:
     from transformers import AutoConfig
 
     from bench import common
-    from core import models
+    from tunelab.core import models
 
     return common.flops_per_token(AutoConfig.from_pretrained(models.ensure_embedded()), mean_length)
 
@@ -107,7 +107,7 @@ def goals(results: dict, targets=GOALS, rss: bool = True) -> list[str]:
 
 
 def machine() -> str:
-    from core.machine import auto_precision, cpu_bf16_flags
+    from tunelab.core.machine import auto_precision, cpu_bf16_flags
 
     return (f"{cpu_name()} (native bf16: {', '.join(cpu_bf16_flags()) or 'none'}; "
             f"{auto_precision()[1]}); {versions(('torch', 'transformers', 'trl'))}")
@@ -166,7 +166,7 @@ def main() -> None:
     if args.peer:
         return child(args.peer, args.examples)
     from bench import peers
-    from core.machine import resolve_precision
+    from tunelab.core.machine import resolve_precision
 
     other = "tunelab-fp32" if resolve_precision("auto") != "fp32" else "tunelab-bf16"
     peers.PEERS.setdefault("tunelab-bf16", ("TuneLab with precision: bf16", lambda n: peers.tunelab(n, "bf16")))
@@ -229,7 +229,7 @@ def write_report(path: Path, args, results, peak, lines, levers, first, seconds,
         "",
     ]
     text += [
-        "Where TuneLab's speed and memory come from (each lever alone below): `core.fused` runs each "
+        "Where TuneLab's speed and memory come from (each lever alone below): `tunelab.core.fused` runs each "
         "decoder layer's RMSNorm and SwiGLU as one autograd function that keeps less for backward (the norm "
         "keeps its input and 1/rms; under autocast the 16-bit output the projections would each have cast "
         "is made once and shared), and on a CPU under bf16 runs attention in fp32, because torch's CPU "

@@ -2,12 +2,12 @@
 
     python bench/first_loss.py [--config configs/lesson.yaml] [--repeats 2]
 
-Starts the default lesson's run the way the Start button does (``core.workers.start``), polls the
+Starts the default lesson's run the way the Start button does (``tunelab.core.workers.start``), polls the
 run folder, and reports the seconds until the worker is training (``status.json`` has the data
 summary: imports, tokenizer and data done) and until the first loss row lands in
 ``metrics.jsonl``; then stops the run. Twice over: with a fresh worker process (the CLI's way,
 and the dashboard's with ``TUNELAB_STANDBY=0``) and with the standby worker the dashboard starts
-ahead (``core.standby``; waited for until ready, as it is by the time a learner presses Start).
+ahead (``tunelab.core.standby``; waited for until ready, as it is by the time a learner presses Start).
 Prints a Markdown table.
 """
 
@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def once(cfg, root: Path, warm: bool) -> dict:
-    from core import runs, standby, workers
+    from tunelab.core import runs, standby, workers
 
     if warm:
         os.environ["TUNELAB_STANDBY"] = "1"
@@ -35,7 +35,7 @@ def once(cfg, root: Path, warm: bool) -> dict:
         deadline = time.perf_counter() + 120
         while not standby.ready():
             if time.perf_counter() > deadline:
-                raise SystemExit("the standby worker did not get ready in 120 s (see `python -m core standby`)")
+                raise SystemExit("the standby worker did not get ready in 120 s (see `python -m tunelab standby`)")
             time.sleep(0.1)
     else:
         os.environ["TUNELAB_STANDBY"] = "0"
@@ -63,8 +63,8 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "configs" / "lesson.yaml"))
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    from core import models
-    from core.config import load_config
+    from tunelab.core import models
+    from tunelab.core.config import load_config
 
     models.ensure_embedded()  # converted once beforehand, as `make run` does
     os.chdir(REPO)  # the config's data path is relative to the repository
@@ -75,7 +75,7 @@ def main() -> None:
             marks = [once(cfg, Path(tmp), warm) for _ in range(args.repeats)]
             rows.append((label, statistics.median(m["data"] for m in marks),
                          statistics.median(m["loss"] for m in marks)))
-    from core import standby
+    from tunelab.core import standby
 
     standby._discard()
     print(f"From `workers.start` (what Start does) to, median of {args.repeats} starts of `{Path(args.config).name}`:\n")

@@ -16,12 +16,12 @@ every section, for a dry run on a CPU. The sections, each timed, in this order:
 2. **Big batches**: random-init SmolLM2-135M at 16x1024 and SmolLM2-1.7B at 8x1024 on random tokens, every
    position trained: TuneLab's step against a bare bf16 loop (the model's own loss, fused AdamW), s/step and
    MFU against the bf16 matmul peak measured in the same run (and TuneLab in fp16, on a GPU).
-3. **Memory**: ``core.memory.estimate`` for the device against the measured peak of TuneLab's step
-   (``core.measure.measure_step``: ``torch.cuda.max_memory_allocated`` on a GPU), and the difference.
+3. **Memory**: ``tunelab.core.memory.estimate`` for the device against the measured peak of TuneLab's step
+   (``tunelab.core.measure.measure_step``: ``torch.cuda.max_memory_allocated`` on a GPU), and the difference.
 4. **The profile of one training step** (``torch.profiler``): aten ops, kernel launches, host syncs.
-5. **Data parallelism through the CLI**: ``python -m core train --set workers=1`` on a small config, then
+5. **Data parallelism through the CLI**: ``python -m tunelab train --set workers=1`` on a small config, then
    ``workers=2`` (Ray Train, one GPU a worker) where there are two GPUs and Ray; otherwise what could not be
-   shown, and why (``core.plan.check_resources``'s refusal on one GPU).
+   shown, and why (``tunelab.core.plan.check_resources``'s refusal on one GPU).
 6. **Device placement**: ``LocalEngine.load`` (where the weights sit, their dtype), a 64-token generate and
    an evaluate of that run on a few examples, timed: the box's verbs must run on the GPU.
 
@@ -155,7 +155,7 @@ def copy_all_but_weights(source: Path, target: Path) -> None:
 def pack(target: Path) -> None:
     """Copy the embedded model's config and tokenizer files (not its weights) to ``target``: what a GPU
     machine needs to build the stand-in (``--stand-in-from``)."""
-    from core import models
+    from tunelab.core import models
 
     copy_all_but_weights(models.ensure_embedded(), target)
     print(f"packed {', '.join(sorted(p.name for p in target.iterdir()))} into {target}")
@@ -167,8 +167,8 @@ def set_up_models(model: str, stand_in_from: str | None, root: Path) -> str:
     The real embedded weights where they are here (``--model embedded``); otherwise a stand-in built in a
     TUNELAB_HOME of this run's own, which every process started from here (peers, the CLI) inherits.
     """
-    from core import models
-    from core.errors import UserError
+    from tunelab.core import models
+    from tunelab.core.errors import UserError
 
     os.environ["TUNELAB_RUNS_DIR"] = str(root / "runs")
     if model == "embedded" and models.embedded_ready():
@@ -286,8 +286,8 @@ def tunelab_row(shape: dict, batch: int, length: int, device: str, precision: st
     """TuneLab's own step (``build_model``, ``build_optimizer``, ``train_step``) on a random-init model."""
     import torch
 
-    from core import train
-    from core.config import RunConfig
+    from tunelab.core import train
+    from tunelab.core.config import RunConfig
 
     cfg = RunConfig.from_dict({"precision": precision, "lr": 1e-4, "warmup_ratio": 0.0, "batch_size": batch,
                                "max_length": length})
@@ -391,12 +391,12 @@ def big_lines(out: dict, peak: dict) -> list[str]:
 
 # -- 3. memory: the estimate against the measured peak -------------------------------------------
 def memory_check(until: float, device: str, sizes: Sizes) -> dict:
-    """``core.memory.estimate`` for this device against ``core.measure.measure_step`` (TuneLab's own step)."""
+    """``tunelab.core.memory.estimate`` for this device against ``tunelab.core.measure.measure_step`` (TuneLab's own step)."""
     import torch
     from transformers import LlamaConfig
 
-    from core import measure, memory
-    from core.config import RunConfig
+    from tunelab.core import measure, memory
+    from tunelab.core.config import RunConfig
 
     kind = torch.device(device).type
     rows = []
@@ -420,8 +420,8 @@ def memory_check(until: float, device: str, sizes: Sizes) -> dict:
 def memory_lines(out: dict) -> list[str]:
     rows = out.get("rows", [])
     how = next((r["how"] for r in rows if "how" in r), "")
-    lines = [f"bf16, full fine-tuning, AdamW; the estimate is `core.memory.estimate(..., device_type=)` (the engine "
-             f"that runs); measured: {how} of TuneLab's own step (`core.measure.measure_step`, 2 steps).", "",
+    lines = [f"bf16, full fine-tuning, AdamW; the estimate is `tunelab.core.memory.estimate(..., device_type=)` (the engine "
+             f"that runs); measured: {how} of TuneLab's own step (`tunelab.core.measure.measure_step`, 2 steps).", "",
              "| model, batch x length | estimate | measured peak | estimate is off by |", "|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
@@ -438,8 +438,8 @@ def profile_step(until: float, device: str, examples: int) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from core import machine, models, train
-    from core.config import RunConfig
+    from tunelab.core import machine, models, train
+    from tunelab.core.config import RunConfig
 
     kind = torch.device(device).type
     batches, _ = lesson_batches(examples, pad_to=machine.pad_multiple(device))
@@ -534,9 +534,9 @@ def profile_lines(out: dict) -> list[str]:
 
 # -- 5. data parallelism through the CLI ---------------------------------------------------------
 def refusal(workers: int, gpus: float, cpus: float) -> str | None:
-    """What ``core.plan.check_resources`` says to ``workers`` ranks on such a machine (None: it lets them run)."""
-    from core.errors import UserError
-    from core.plan import check_resources
+    """What ``tunelab.core.plan.check_resources`` says to ``workers`` ranks on such a machine (None: it lets them run)."""
+    from tunelab.core.errors import UserError
+    from tunelab.core.plan import check_resources
 
     try:
         check_resources(workers, gpus, cpus)
@@ -546,14 +546,14 @@ def refusal(workers: int, gpus: float, cpus: float) -> str | None:
 
 
 def workers_plan(gpus: int, cpus: int, ray_installed: bool, cpu_workers: bool) -> tuple[bool, str]:
-    """``(run the 2-worker group here?, what to say)``. On GPUs, one a worker, as ``core.plan.check_resources``
+    """``(run the 2-worker group here?, what to say)``. On GPUs, one a worker, as ``tunelab.core.plan.check_resources``
     decides before a group is submitted; without a GPU only when asked (CPU processes on gloo)."""
     if gpus >= 1 and refusal(2, gpus, cpus):
-        return False, (f"2 workers not shown: on this {gpus}-GPU machine `core.plan.check_resources` refuses them: "
+        return False, (f"2 workers not shown: on this {gpus}-GPU machine `tunelab.core.plan.check_resources` refuses them: "
                        f"\"{refusal(2, gpus, cpus)}\"")
     if gpus == 0 and not cpu_workers:
         return False, ("2 workers not shown: no GPU here (a 2-worker group would run as 2 CPU processes on gloo; "
-                       "`--cpu-workers` runs it). On a one-GPU machine `core.plan.check_resources` says: "
+                       "`--cpu-workers` runs it). On a one-GPU machine `tunelab.core.plan.check_resources` says: "
                        f"\"{refusal(2, 1, cpus)}\"")
     if gpus == 0 and refusal(2, 0, cpus):
         return False, f"2 workers not shown: \"{refusal(2, 0, cpus)}\""
@@ -563,7 +563,7 @@ def workers_plan(gpus: int, cpus: int, ray_installed: bool, cpu_workers: bool) -
 
 
 def cli_config(root: Path, examples: int, batch: int) -> Path:
-    """A small config of the lesson data for ``python -m core train`` (JSON is YAML too)."""
+    """A small config of the lesson data for ``python -m tunelab train`` (JSON is YAML too)."""
     rows = DATA.read_text(encoding="utf-8").splitlines()[:examples]
     data = root / "cli-data.jsonl"
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -575,12 +575,12 @@ def cli_config(root: Path, examples: int, batch: int) -> Path:
 
 
 def cli_train(config: Path, run_dir: Path, workers: int, timeout: float) -> dict:
-    """``python -m core train CONFIG --set workers=N`` in its own process; its steps' seconds from metrics.jsonl."""
-    from core import runs
+    """``python -m tunelab train CONFIG --set workers=N`` in its own process; its steps' seconds from metrics.jsonl."""
+    from tunelab.core import runs
 
     started = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", "core", "train", str(config), "--run-dir", str(run_dir),
+        proc = subprocess.run([sys.executable, "-m", "tunelab", "train", str(config), "--run-dir", str(run_dir),
                                "--set", f"workers={workers}"], cwd=REPO, capture_output=True, text=True,
                               timeout=timeout)
         error = None if proc.returncode == 0 else f"exit {proc.returncode}: {proc.stderr.strip()[-800:]}"
@@ -614,7 +614,7 @@ def data_parallel(until: float, root: Path, device: str, sizes: Sizes, cpu_worke
 
 
 def parallel_lines(out: dict) -> list[str]:
-    lines = [f"`python -m core train` on {out.get('examples')} lesson examples, batch {out.get('batch')} a worker, "
+    lines = [f"`python -m tunelab train` on {out.get('examples')} lesson examples, batch {out.get('batch')} a worker, "
              f"one epoch; {out.get('gpus')} GPU(s) here. Seconds a step from `metrics.jsonl` (the first step "
              "left out); the whole command's wall time beside it.", "",
              "| workers | state | steps | s / step | wall | device | precision |", "|---|---|---|---|---|---|---|"]
@@ -632,7 +632,7 @@ def device_placement(until: float, device: str, run_id: str | None, sizes: Sizes
     """The box's engine (``LocalEngine``): where ``load`` puts the model, and a generate and an evaluate, timed."""
     import torch
 
-    from core.backends.local import LocalEngine
+    from tunelab.core.backends.local import LocalEngine
 
     engine = LocalEngine({"standby": False})
     t = time.perf_counter()

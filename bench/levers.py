@@ -5,7 +5,7 @@
 Runs, in one process and on the same batches of the lesson data (batch 8, max_length 256),
 one optimizer step after another under each set-up (after a warm-up of each precision), from
 the plain fp32 step (transformers' own loss over every position, AdamW's per-tensor loop) to
-TuneLab's default, adding one lever at a time (``core.fused``'s norms, SwiGLU and fp32 attention
+TuneLab's default, adding one lever at a time (``tunelab.core.fused``'s norms, SwiGLU and fp32 attention
 on a second and third copy of the model). Prints the median seconds per step (after a warm-up step) and the change
 each lever brings. Speed only: the peak memory of each set-up is in bench/compare.py, where
 each peer has a process of its own.
@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import lesson_batches  # noqa: E402
-from core import train  # noqa: E402
-from core.config import RunConfig  # noqa: E402
+from tunelab.core import train  # noqa: E402
+from tunelab.core.config import RunConfig  # noqa: E402
 
 LEVERS = [  # (label, model, precision, fused AdamW, loss: "all" positions / "trained" positions / "chunked")
     # model: "plain" as transformers builds it; "fused" with core.fused's RMSNorm and SwiGLU;
@@ -78,9 +78,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--no-bf16", action="store_true", help="fp32 levers only (a CPU without native bf16)")
     args = ap.parse_args()
-    from core import models
+    from tunelab.core import models
 
-    from core import fused
+    from tunelab.core import fused
 
     batches, tokenizer = lesson_batches(args.examples)
     variants = {}

@@ -24,9 +24,9 @@ def _records(n: int) -> list[dict]:
 
 
 def tunelab(n: int, precision: str = "auto") -> dict:
-    """The engine end to end (``core.train.train``), at its defaults but for the shared settings."""
-    from core import runs, train
-    from core.config import RunConfig
+    """The engine end to end (``tunelab.core.train.train``), at its defaults but for the shared settings."""
+    from tunelab.core import runs, train
+    from tunelab.core.config import RunConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.jsonl"
@@ -46,7 +46,7 @@ def bare(n: int) -> dict:
     """The textbook fp32 loop on TuneLab's batches: forward (transformers' loss), backward, clip, step."""
     import torch
 
-    from core import models
+    from tunelab.core import models
 
     batches, _ = lesson_batches(n)
     torch.manual_seed(SEED)
@@ -89,7 +89,7 @@ def seed_recipe(n: int) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
 
-    from core import models
+    from tunelab.core import models
 
     path = models.ensure_embedded()
     tokenizer = models.load_tokenizer("embedded")
@@ -122,7 +122,7 @@ def trl(n: int, fastest: bool = False) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from core import models
+    from tunelab.core import models
 
     path = models.ensure_embedded()
     tokenizer = models.load_tokenizer("embedded")

@@ -15,5 +15,5 @@ else
     # TRL 1.16.0 works with transformers 5.23 (the engine's pin); pinned so every run compares the same peer.
     "$PY" -m pip install --quiet --disable-pip-version-check "trl==1.16.0"
 fi
-"$PY" -m core prepare-embedded >/dev/null
+"$PY" -m tunelab prepare-embedded >/dev/null
 exec "$PY" bench/compare.py "$@"

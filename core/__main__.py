@@ -1,4 +1,4 @@
-"""``python -m core``: the headless face of the engine (GPU backends, CI, scripting).
+"""``python -m tunelab``: the headless face of the engine (GPU backends, CI, scripting).
 
 Exit 0 on success; exit 2 with one clear line on stderr for bad input (what,
 where, how to fix it); never a traceback for a user's mistake.
@@ -20,7 +20,7 @@ from pathlib import Path
 from . import (data, evaluate, experiment_driver, export, generate, machine, memory, models, queue, runs, scale,
                train, workers)
 from .backends import ray
-from .config import load_config
+from .config import eval_samples_problem, load_config
 from .engine import backend_settings, get_engine
 from .errors import UserError
 from .measure import measure_step, settings_config
@@ -171,7 +171,7 @@ def _disk_full_result(exc: BaseException, run_dir: Path) -> dict:
     step = runs.read_status(run_dir).get("step") or 0
     error = (f"the disk holding {run_dir} is full ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
              f"{shutil.disk_usage(run_dir).free // 2**20} MiB free now. Free some space, then "
-             f"`python -m core resume {run_dir}` continues from "
+             f"`python -m tunelab resume {run_dir}` continues from "
              + (f"the last good checkpoint {kept.name}" if kept else "step 0 (no checkpoint was saved)"))
     runs.write_status(run_dir, state="failed", error=error, finished_at=runs.now())
     return {"state": "failed", "step": step, "error": error, "user_error": False}
@@ -284,6 +284,8 @@ def cmd_eval(args) -> int:
     if not args.data:
         print(f"note: scoring on the training file {data_path}; a model always looks better on what it "
               "trained on. Pass --data with a held-out file for an honest score.", file=sys.stderr)
+    if args.limit is not None and eval_samples_problem(args.limit, "--limit"):
+        raise UserError(eval_samples_problem(args.limit, "--limit"))
     evaluators = [e.strip() for e in args.evaluators.split(",")] if args.evaluators else None
     report = evaluate.evaluate_run(run_dir, data_path, evaluators=evaluators, sampler=args.sampler,
                                    limit=args.limit, max_new_tokens=args.max_new_tokens,
@@ -393,13 +395,13 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_experiment_run(args) -> int:
-    """The driver of an experiment started by the engine (``core.experiment_driver``)."""
+    """The driver of an experiment started by the engine (``tunelab.core.experiment_driver``)."""
     experiment_driver.drive_experiment(args.exp_dir)
     return 0
 
 
 def cmd_serve(args) -> int:
-    """The TuneLab service on a GPU box (``core.service``): the Ray backend's interactive verbs."""
+    """The TuneLab service on a GPU box (``tunelab.core.service``): the Ray backend's interactive verbs."""
     serve(args.host, args.port)
     return 0
 
@@ -436,7 +438,7 @@ def _warm_up() -> None:
 
 
 def cmd_standby(args) -> int:
-    """``python -m core standby --fd N``: warm up, say ready, wait for one run, then be its worker."""
+    """``python -m tunelab standby --fd N``: warm up, say ready, wait for one run, then be its worker."""
     sock = socket.socket(fileno=args.fd)
     starter = os.getppid()
     _warm_up()
@@ -539,7 +541,7 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m core", description="TuneLab's fine-tuning engine.")
+    p = argparse.ArgumentParser(prog="python -m tunelab", description="TuneLab's fine-tuning engine.")
     sub = p.add_subparsers(dest="command", required=True)
     groups = {}
     for name, help_text, func, arguments in COMMANDS:

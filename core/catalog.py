@@ -207,7 +207,7 @@ def install(entry, path=None) -> dict:
     ``entry`` is a catalog entry (or its package name); what runs is the *catalog's*
     spec for that package, never a spec passed in. Returns ``{"package", "command",
     "returncode", "ok", "output", "installed", "plugins", "restart_needed", "message"}``;
-    after it, reset the plugin registry (``core.registry.reset_registry``) to load the plugin.
+    after it, reset the plugin registry (``tunelab.core.registry.reset_registry``) to load the plugin.
     """
     package = entry["package"] if isinstance(entry, dict) else str(entry)
     reviewed = find(package, path)

@@ -2,7 +2,7 @@
 
 A ``RunConfig`` is a plain dataclass that round-trips through YAML. Unknown
 keys and bad values are refused with a clear error *before* any model loads.
-``python -m core train config.yaml --set lr=1e-4 --set lora.r=8`` overrides keys.
+``python -m tunelab train config.yaml --set lr=1e-4 --set lora.r=8`` overrides keys.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ class RunConfig:
 
 def split_sizes(n_examples: int, val_fraction: float) -> tuple[int, int]:
     """``(n_train, n_val)`` for ``n_examples``: the validation share rounded, at least one example
-    when ``val_fraction > 0``, and never all of them (training needs one). ``core.data.prepare``
+    when ``val_fraction > 0``, and never all of them (training needs one). ``tunelab.core.data.prepare``
     splits with it, and the pages count steps with it, so the two always agree."""
     if n_examples <= 1:
         return max(0, n_examples), 0
@@ -221,6 +221,21 @@ def split_sizes(n_examples: int, val_fraction: float) -> tuple[int, int]:
 
 # -- the rules: one owner for the config file, --set and the pages' widgets -----------------------
 TINY_DATA = 20  # fewer examples than this: a caution (memorised, not learned)
+
+
+MAX_EVAL_SAMPLES = 10_000  # both models answer each one: 10,000 is hours on a GPU, days on a CPU
+
+
+def eval_samples_problem(n, label: str = "limit") -> str | None:
+    """Why ``n`` cannot be how many held-out examples an evaluation answers, or None.
+
+    ``label`` names the field the value was typed into (the Evaluate page's "Samples", the CLI's
+    ``--limit``). Zero is refused, not read as "all": a learner who types 0 meant something else.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not 1 <= n <= MAX_EVAL_SAMPLES or n != int(n):
+        return (f"{label} = {n}: answer at least 1 held-out example (both models answer each one) and at most "
+                f"{MAX_EVAL_SAMPLES:,}; on a CPU 8 takes a minute or two")
+    return None
 
 
 def value_problem(key: str, value) -> str | None:

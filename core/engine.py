@@ -3,13 +3,13 @@
 Pages (and the remote service on a GPU box) call one object, an :class:`Engine`, never the
 engine's modules one by one. Every argument and every result is plain data (str, numbers,
 lists, dicts) so the same call can cross a network: :class:`LocalEngine` answers in this
-process (training in a worker subprocess), a remote backend (``core.backends.ray``) answers
+process (training in a worker subprocess), a remote backend (``tunelab.core.backends.ray``) answers
 from a GPU box. Which one is chosen by :func:`get_engine`, from ``TUNELAB_BACKEND`` (or the
 dashboard's ``[backend]`` secrets) through the ``register_backends`` plugin hook.
 
 Names of models are strings: ``"embedded"``, a Hub id, a folder, or ``"run:<run_id>"`` — a
 run's trained ``final/`` on whichever machine holds the run. Runs are named by their id, the
-folder name in the run store (``core.runs.runs_root()``).
+folder name in the run store (``tunelab.core.runs.runs_root()``).
 
 This module imports nothing heavy at import time: a thin dashboard without torch imports it.
 """
@@ -58,7 +58,7 @@ def run_model(run_id: str) -> str:
 class Engine:
     """The verbs every backend offers. Subclasses implement them; this class documents them.
 
-    A backend that cannot do something raises :class:`core.errors.UserError` with a sentence a
+    A backend that cannot do something raises :class:`tunelab.core.errors.UserError` with a sentence a
     learner can act on, never a bare exception.
     """
 
@@ -74,7 +74,7 @@ class Engine:
         raise NotImplementedError
 
     def plugins(self) -> list[dict]:
-        """Every plugin the engine loaded (``core.registry.Registry.listing``)."""
+        """Every plugin the engine loaded (``tunelab.core.registry.Registry.listing``)."""
         raise NotImplementedError
 
     def data_formats(self) -> list[dict]:
@@ -91,7 +91,7 @@ class Engine:
 
     # -- lesson 1: a model --------------------------------------------------------------------
     def describe_model(self, model: str) -> dict:
-        """Anatomy of a model (``core.models.describe``), loading it if needed."""
+        """Anatomy of a model (``tunelab.core.models.describe``), loading it if needed."""
         raise NotImplementedError
 
     def tokenize(self, model: str, text: str) -> dict:
@@ -109,7 +109,7 @@ class Engine:
 
     def check_data(self, path: str, format: str | None = None, params: dict | None = None,
                    model: str | None = "embedded", max_length: int = 512) -> dict:
-        """The validation report of ``core.data.check_file`` (token lengths with ``model``'s tokenizer)."""
+        """The validation report of ``tunelab.core.data.check_file`` (token lengths with ``model``'s tokenizer)."""
         raise NotImplementedError
 
     def table_columns(self, path: str) -> list[str]:
@@ -128,7 +128,7 @@ class Engine:
 
     # -- lessons 3 and 7: memory --------------------------------------------------------------
     def estimate_memory(self, config: dict) -> dict:
-        """Estimated peak training memory of a run config (``core.memory.estimate``) and the verdict here:
+        """Estimated peak training memory of a run config (``tunelab.core.memory.estimate``) and the verdict here:
         the estimate's parts plus ``available``, ``where``, ``verdict``, ``advice`` (the out-of-memory
         ladder against what is available; [] when it fits) and ``ladder`` (the rungs regardless)."""
         raise NotImplementedError
@@ -143,7 +143,7 @@ class Engine:
 
     def training_speed(self, config: dict, measured: list[dict] | None = None) -> dict | None:
         """The speed a planned run can expect where training runs, learned from the runs there and from
-        ``measured`` steps (``core.runs.observed_speed``): ``{"tokens_per_s", "source", "differs", "sure",
+        ``measured`` steps (``tunelab.core.runs.observed_speed``): ``{"tokens_per_s", "source", "differs", "sure",
         "error"}``, or None when nothing comparable ran (the default: a backend that cannot tell)."""
         return None
 
@@ -164,7 +164,7 @@ class Engine:
         raise NotImplementedError
 
     def delete_run(self, run_id: str, owner: str | None = None) -> dict:
-        """Delete a run that is not live (``core.runs.delete_run``): ``{"run_id", "freed_bytes"}``. A queued,
+        """Delete a run that is not live (``tunelab.core.runs.delete_run``): ``{"run_id", "freed_bytes"}``. A queued,
         running or stopping run is refused (stop it first), as is another session's on a shared server."""
         raise self._not_offered("deleting runs")
 
@@ -173,7 +173,7 @@ class Engine:
         raise NotImplementedError
 
     def run_progress(self, run_id: str) -> dict:
-        """Status plus ``fraction``, ``eta_s``, ``last_loss`` (``core.runs.progress``)."""
+        """Status plus ``fraction``, ``eta_s``, ``last_loss`` (``tunelab.core.runs.progress``)."""
         raise NotImplementedError
 
     def run_metrics(self, run_id: str) -> list[dict]:
@@ -195,17 +195,17 @@ class Engine:
         per value of ``setting`` (2 to 4 values, numbers or text such as ``"1e-4"``), each with the same seed,
         data and steps, the steps sized by :meth:`plan_experiment` to fit ``budget_s`` seconds. Its runs are
         ordinary runs (listed, resumed, evaluated like any other). Locally they run one after another, chained
-        by a driver process, so a closed tab does not stop them (``core.experiment_driver``); on a remote
+        by a driver process, so a closed tab does not stop them (``tunelab.core.experiment_driver``); on a remote
         backend they are submitted at once and the box schedules them. A setting that cannot vary, a bad value
         or a budget too short for curves worth reading is a UserError that says so."""
         raise self._not_offered("experiments")
 
     def experiment(self, exp_id: str) -> dict:
-        """An experiment as it stands (``core.experiments.read_experiment``): its record (``plan``, with the
+        """An experiment as it stands (``tunelab.core.experiments.read_experiment``): its record (``plan``, with the
         ``steps`` it chose and ``why``; ``stopped``, ``owner``), each value's run (``label``, ``run_id``,
         ``state``: pending, deleted or the run's own, ``progress``, ``rows``), the experiment's ``state``
         (running | waiting | stopped | finished), ``final``, and the ``verdict`` so far in words
-        (``core.curves.experiment_verdict``: ``text``, ``best``, ``diverged``, ``too_slow``, ...)."""
+        (``tunelab.core.curves.experiment_verdict``: ``text``, ``best``, ``diverged``, ``too_slow``, ...)."""
         raise self._not_offered("experiments")
 
     def list_experiments(self) -> list[dict]:
@@ -220,7 +220,7 @@ class Engine:
     # -- lesson 5: generate ---------------------------------------------------------------------
     def next_token_distribution(self, model: str, prompt: str, sampler: str = "greedy",
                                 params: dict | None = None, top: int = 15) -> dict:
-        """``core.generate.next_token_distribution`` for a named model."""
+        """``tunelab.core.generate.next_token_distribution`` for a named model."""
         raise NotImplementedError
 
     def generate(self, model: str, prompt: str, sampler: str = "greedy", params: dict | None = None,
@@ -232,8 +232,8 @@ class Engine:
     def evaluate(self, run_id: str, data_path: str | None = None, evaluators: list[str] | None = None,
                  limit: int | None = None, max_new_tokens: int = 96, evaluator_params: dict | None = None,
                  progress=None) -> dict:
-        """Base against tuned on held-out data (``core.evaluate.evaluate_run``); saved with the run.
-        The report carries ``summary`` and ``ranking`` (``core.evaluate.with_comparison``)."""
+        """Base against tuned on held-out data (``tunelab.core.evaluate.evaluate_run``); saved with the run.
+        The report carries ``summary`` and ``ranking`` (``tunelab.core.evaluate.with_comparison``)."""
         raise NotImplementedError
 
     def eval_report(self, run_id: str) -> dict | None:
@@ -243,13 +243,13 @@ class Engine:
     # -- after the lesson: export ---------------------------------------------------------------
     def export_run(self, run_id: str, out_dir: str, type: str = "f16", sampler: dict | None = None,
                    progress=None, keep_anyway: bool = False) -> dict:
-        """GGUF + Ollama Modelfile of the run's model (``core.export.export_run``). A failed read-back check
-        raises ``core.export.ExportCheckFailed`` (its ``check`` holds the figures) unless ``keep_anyway``."""
+        """GGUF + Ollama Modelfile of the run's model (``tunelab.core.export.export_run``). A failed read-back check
+        raises ``tunelab.core.export.ExportCheckFailed`` (its ``check`` holds the figures) unless ``keep_anyway``."""
         raise NotImplementedError
 
     # -- plugins: switch, browse, install (on the machine that runs them) ------------------------
     def set_plugin_enabled(self, name: str, enabled: bool) -> None:
-        """Switch an installed plugin on or off from the next load on (``core.registry.set_enabled``)."""
+        """Switch an installed plugin on or off from the next load on (``tunelab.core.registry.set_enabled``)."""
         raise self._not_offered("switching plugins on and off")
 
     def catalog(self) -> list[dict]:
@@ -268,20 +268,20 @@ class Engine:
     # -- answered here, the same for every backend: pure rules on plain data ---------------------
     def plan_summary(self, config: dict, n_records: int | None, median_tokens: float | None = None,
                      tokens_per_s: float | None = None) -> dict:
-        """What a planned run means for ``n_records`` examples (:func:`core.plan.plan_summary`)."""
+        """What a planned run means for ``n_records`` examples (:func:`tunelab.core.plan.plan_summary`)."""
         return plan.plan_summary(config, n_records, median_tokens, tokens_per_s)
 
     def loop_source(self) -> dict:
-        """The training step learners read (:func:`core.plan.loop_source`)."""
+        """The training step learners read (:func:`tunelab.core.plan.loop_source`)."""
         return plan.loop_source()
 
     def experiment_settings(self, config: dict) -> list[dict]:
         """The settings an experiment may vary for the planned run ``config``: key, label, explanation, caveat,
-        current value and the values that teach (``core.experiments.settings_table``)."""
+        current value and the values that teach (``tunelab.core.experiments.settings_table``)."""
         return experiments.settings_table(RunConfig.from_dict(config, "the planned run"))
 
     def plan_experiment(self, plan: dict, setting: str, values: list, budget_s: float = 120) -> dict:
-        """What :meth:`start_experiment` would run, without running it (``core.experiments.plan_experiment``):
+        """What :meth:`start_experiment` would run, without running it (``tunelab.core.experiments.plan_experiment``):
         ``steps`` per run and ``why`` in words, ``runs``, ``estimated_s``, ``notes``, plus ``speed_source``.
         Sized from the data (:meth:`check_data`: how many examples, the median one's tokens) and the speed
         training had where it runs (:meth:`training_speed`); with no speed known a slow machine's is assumed,
@@ -301,26 +301,26 @@ class Engine:
         return planned
 
     def save_upload(self, name: str, content: bytes) -> str:
-        """Keep a file a learner uploaded (``core.uploads.save_upload``: a safe, unique name; old
+        """Keep a file a learner uploaded (``tunelab.core.uploads.save_upload``: a safe, unique name; old
         uploads expire) and return its path. Saved where the dashboard runs: a remote backend sends
         data files on to its box itself."""
         return str(save_upload(name, content))
 
     def data_choices(self, uploads: list[str] | tuple = ()) -> list[str]:
         """The data files the dashboard may read, to pick from: the bundled sets (repository-relative, as the
-        pages show them) and then ``uploads`` (``core.uploads.bundled_data``)."""
+        pages show them) and then ``uploads`` (``tunelab.core.uploads.bundled_data``)."""
         bundled = [str(p.relative_to(REPO_ROOT)) for p in bundled_data()
                    if p.suffix.lower() in (".json", ".jsonl", ".csv", ".tsv", ".txt")]
         return bundled + [u for u in uploads or () if u not in bundled]
 
     def allowed_data(self, path: str, uploads: list[str] | tuple = ()) -> str:
         """``path`` if the dashboard may read it (a bundled data set or one of ``uploads``), else a
-        UserError saying which files it may read (``core.uploads.allowed_data``)."""
+        UserError saying which files it may read (``tunelab.core.uploads.allowed_data``)."""
         return str(allowed_data(path, uploads))
 
     def _not_offered(self, what: str) -> UserError:
         return UserError(f"The {self.name} backend does not offer {what}: do it on the machine that runs the "
-                         "engine (`python -m core plugins` there).")
+                         "engine (`python -m tunelab plugins` there).")
 
 
 def app_plugins() -> list[dict]:

@@ -18,6 +18,7 @@ import json
 import math
 from pathlib import Path
 
+from .config import eval_samples_problem
 from .errors import UserError
 from .registry import get_registry, resolve_params
 from . import models, runs
@@ -199,12 +200,14 @@ def evaluate_run(run_dir, data_path=None, evaluators=None, sampler: str = "greed
     """
     import datetime as dt
 
+    if limit is not None and eval_samples_problem(limit):
+        raise UserError(eval_samples_problem(limit))
     run_dir = Path(run_dir)
     cfg = runs.run_config(run_dir)
     evaluator_settings(evaluators, evaluator_params, registry)  # a bad name or setting: before any model loads
     if not (run_dir / "final").is_dir():
         raise UserError(f"{run_dir} has no final/ model yet: evaluate after training finishes "
-                        f"(or resume it: python -m core resume {run_dir})")
+                        f"(or resume it: python -m tunelab resume {run_dir})")
     same_file = data_path is None or Path(data_path).resolve() == Path(cfg.data.path).resolve()
     data_path = data_path or cfg.data.path
     samples = load_samples(data_path, format or (cfg.data.format if same_file else None) or None, limit,

@@ -1,9 +1,9 @@
 """An experiment's runs on this machine, one after another: the driver that chains them.
 
-The record and its rules are :mod:`core.experiments`; this module starts the runs. One driver per
-experiment, a small process of its own (``python -m core experiment-run EXP_DIR``, started detached by
+The record and its rules are :mod:`tunelab.core.experiments`; this module starts the runs. One driver per
+experiment, a small process of its own (``python -m tunelab experiment-run EXP_DIR``, started detached by
 ``LocalEngine.start_experiment`` as a worker is): for each value in turn it creates an ordinary run,
-records it (``mark_started``), launches its worker (:func:`core.workers.launch`, the worker and the
+records it (``mark_started``), launches its worker (:func:`tunelab.core.workers.launch`, the worker and the
 queue a Start button uses), waits until the run has ended, and goes on with the next. It exits when
 every value has run or the experiment was stopped.
 
@@ -21,7 +21,7 @@ run that is queued or running is asked to stop (it saves a checkpoint); the driv
 exits. A run launched in the instant between the two is stopped by the driver itself: it reads the
 record again after every launch.
 
-The CLI (``python -m core experiment``) runs the same loop in the foreground (:func:`cli_experiment`),
+The CLI (``python -m tunelab experiment``) runs the same loop in the foreground (:func:`cli_experiment`),
 or follows an experiment a remote backend runs as parallel jobs; then it prints the verdict and
 writes the curves overlaid as a PNG (:func:`write_overlay_png`).
 """
@@ -65,7 +65,7 @@ def launch_driver(folder) -> int | None:
         # fresh worker on the same cores (core.standby), slowing it rather than speeding it up.
         env = dict(os.environ, PYTHONUNBUFFERED="1", TUNELAB_STANDBY="0", **{DRIVER_FD_ENV: str(fd)})
         with (folder / DRIVER_LOG).open("a", encoding="utf-8") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "core", "experiment-run", str(folder)], cwd=REPO_ROOT,
+            proc = subprocess.Popen([sys.executable, "-m", "tunelab", "experiment-run", str(folder)], cwd=REPO_ROOT,
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(fd,),
                                     start_new_session=True, env=env)
         threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it exits: no zombie left
@@ -91,7 +91,7 @@ def driver_alive(folder) -> bool:
 
 
 def ensure_driver(folder, record: dict) -> int | None:
-    """Start a driver again when the experiment (``record``: its :func:`core.experiments.read_experiment`)
+    """Start a driver again when the experiment (``record``: its :func:`tunelab.core.experiments.read_experiment`)
     still has values to run, is not stopped and no driver holds it; not within ``RELAUNCH_AFTER_S`` of
     the last start. Returns the new driver's pid, or None."""
     if record.get("stopped") or not any(e["state"] == "pending" for e in record["runs"]):
@@ -129,7 +129,7 @@ def _hold_lock(folder: Path) -> int:
 def drive_experiment(folder, echo=None, poll_s: float = DRIVER_POLL_S) -> dict:
     """Start the experiment's runs one after another until every value has run or it was stopped, holding
     ``driver.lock`` meanwhile. ``echo(line)`` hears each start and end (default: printed). Returns the
-    record as it ends (:func:`core.experiments.read_experiment`)."""
+    record as it ends (:func:`tunelab.core.experiments.read_experiment`)."""
     folder = Path(folder).resolve()
     echo = echo or (lambda line: print(line, flush=True))
     lock = _hold_lock(folder)
@@ -318,7 +318,7 @@ def write_overlay_png(record: dict, path) -> Path:
 
 
 def cli_experiment(engine, config: dict, setting: str, values: list, budget_s: float, echo=None) -> int:
-    """``python -m core experiment``: on this machine (``engine.name == "local"``) the runs one after another
+    """``python -m tunelab experiment``: on this machine (``engine.name == "local"``) the runs one after another
     in the foreground, this process their driver; on another backend, its runs (parallel jobs there)
     followed until they end. Then the verdict and the overlay PNG beside the experiment's record. Ctrl-C
     stops the experiment. Exit 0 when it finished, 1 when a run failed for another reason than its loss,

@@ -4,7 +4,7 @@ The learner picks one setting (:data:`SETTINGS`) and 2 to 4 values, from suggest
 the learning rate: too low, about right, too high). :func:`plan_experiment` copies the planned run
 once per value — same seed, data and steps — and sizes the steps so that the runs, one after
 another, fit the learner's time budget. The runs are ordinary runs; the verdict
-(:func:`core.curves.experiment_verdict`) puts what their curves show into words.
+(:func:`tunelab.core.curves.experiment_verdict`) puts what their curves show into words.
 
 Layout: the runs stay where every run lives, direct children of the run store::
 
@@ -31,10 +31,10 @@ and starts the next one when :func:`next_to_start` says so (it answers None whil
 experiment is queued or running, so the runs go one after another, as the budget assumes). Stop:
 ``for run_id in mark_stopped(exp): <stop run_id>`` — no further run starts after it.
 
-Who does that: on this machine a small driver process per experiment (``core.experiment_driver``:
-``python -m core experiment-run EXP_DIR``, or the CLI's foreground); on the Ray backend the client
+Who does that: on this machine a small driver process per experiment (``tunelab.core.experiment_driver``:
+``python -m tunelab experiment-run EXP_DIR``, or the CLI's foreground); on the Ray backend the client
 submits every run at once as its own Ray job and the record lives in its mirror folder
-(``core.backends.ray``). The engine's verbs (``Engine.start_experiment``, ``experiment``,
+(``tunelab.core.backends.ray``). The engine's verbs (``Engine.start_experiment``, ``experiment``,
 ``list_experiments``, ``stop_experiment``) are the way in.
 """
 
@@ -69,7 +69,7 @@ MIN_STEPS = MIN_ROWS  # fewer steps and the verdict could only say "too short to
 DEFAULT_SECONDS_PER_STEP = 4.0
 # Seconds a run costs beyond its steps: start the worker and import torch, load the model and the data,
 # warm up the first step, validate at the end and save final/. Measured for the embedded model on the
-# 2-core CPU: a 7-step run of `python -m core train` took 36.8 s from start to exit at 3.4 s a step,
+# 2-core CPU: a 7-step run of `python -m tunelab train` took 36.8 s from start to exit at 3.4 s a step,
 # so 13 s besides its steps (tests/test_experiments.py's slow test); rounded up.
 RUN_OVERHEAD_S = 14.0
 DEFAULT_BUDGET_S = 120.0
@@ -209,7 +209,7 @@ def parse_value(setting: str, raw, base: RunConfig | None = None):
 
 # -- the plan -------------------------------------------------------------------------------------
 def step_seconds(base: RunConfig, median_tokens: float, tokens_per_s: float) -> float:
-    """Seconds one optimizer step of ``base`` takes at a measured speed (``core.plan.estimate_seconds``
+    """Seconds one optimizer step of ``base`` takes at a measured speed (``tunelab.core.plan.estimate_seconds``
     of a one-step run): what :func:`plan_experiment` sizes by."""
     one = copy.deepcopy(base)
     one.max_steps = 1
@@ -393,7 +393,7 @@ def experiments_root(root=None) -> Path:
 def create_experiment(root, plan: dict, owner: str | None = None) -> Path:
     """Write ``<root>/experiments/<exp id>/experiment.json`` (``root``: the run store, None = the default
     one) with the plan and no run started yet. ``owner``: the session that starts it (its runs are that
-    session's, see ``core.runs.can_control``). Returns the experiment's folder."""
+    session's, see ``tunelab.core.runs.can_control``). Returns the experiment's folder."""
     folder = experiments_root(root)
     folder.mkdir(parents=True, exist_ok=True)
     exp_id = safe_run_id(f"{plan['setting']} experiment")
@@ -470,7 +470,7 @@ def read_experiment(path) -> dict:
     """The record plus, for each value, its run's ``state`` (``pending`` before it starts, ``deleted`` when
     its folder is gone, else the run's own), ``progress`` and metrics ``rows``; the experiment's ``state``
     (``running``, ``waiting`` for its next run to start, ``stopped`` or ``finished``); and the ``verdict``
-    so far (:func:`core.curves.experiment_verdict`), ``final`` once every run has ended."""
+    so far (:func:`tunelab.core.curves.experiment_verdict`), ``final`` once every run has ended."""
     folder = _folder(path)
     record = _load(folder)
     root = _run_root(folder)
@@ -550,7 +550,7 @@ def was_stopped(path) -> bool:
 
 def check_owner(path, owner: str | None, verb: str = "stop") -> None:
     """On a shared server (``TUNELAB_SHARED=1``), only the session that started an experiment may ``verb``
-    it; anyone may on a single-user install (as for runs: ``core.runs.can_control``)."""
+    it; anyone may on a single-user install (as for runs: ``tunelab.core.runs.can_control``)."""
     record = _load(_folder(path))
     if shared_deployment() and (owner is None or record.get("owner") != owner):
         raise UserError(f"experiment {record['id']} was started by another session; on this shared server only "

@@ -193,7 +193,7 @@ def _check_run(run_dir: Path):
         raise UserError(f"run folder {run_dir} does not exist; list runs with `ls {runs.runs_root()}`")
     status = runs.read_status(run_dir)
     if status.get("state") != "finished":
-        hint = (f"resume it with `python -m core resume {run_dir}`" if status.get("state") in ("stopped", "failed")
+        hint = (f"resume it with `python -m tunelab resume {run_dir}`" if status.get("state") in ("stopped", "failed")
                 else "wait for it to finish")
         raise UserError(f"run {run_dir.name} is {status.get('state')}, not finished: only a finished run "
                         f"has a final model to export; {hint}")
@@ -692,7 +692,7 @@ def model_card(result: dict, cfg, status: dict, run_dir: Path) -> str:
                     lines.append(f"- {evaluator} {metric}: {_fmt(base)} -> {_fmt(tuned)}")
         lines.append("")
     else:
-        lines += ["Not evaluated yet (`python -m core eval RUN_DIR --data HELDOUT`).", ""]
+        lines += ["Not evaluated yet (`python -m tunelab eval RUN_DIR --data HELDOUT`).", ""]
     lines += ["## Run it", "", "```", result["commands"]["ollama"], result["commands"]["llama_cpp"], "```", ""]
     return "\n".join(lines)
 

@@ -17,11 +17,11 @@ using ``help`` as the explanation, and the CLI parses ``--param k=v`` by them.
 Names: every registered object's ``name`` is a lowercase letter, then up to 63
 lowercase letters, digits, '_' or '-' (e.g. 'qa_jsonl'); unique per kind.
 
-Failures: every call into a plugin's code runs under ``core.registry.Registry.guard``.
+Failures: every call into a plugin's code runs under ``tunelab.core.registry.Registry.guard``.
 What a function raises (beyond the bad-input errors each hook documents) is the
-plugin's bug: a ``core.registry.PluginError`` naming the plugin, the function and the
+plugin's bug: a ``tunelab.core.registry.PluginError`` naming the plugin, the function and the
 exception type, shown as one line (exit 2 on the CLI, an error box on a page) while
-the rest of TuneLab carries on. ``core.protocols`` types each kind for an IDE.
+the rest of TuneLab carries on. ``tunelab.core.protocols`` types each kind for an IDE.
 """
 
 from __future__ import annotations
@@ -137,12 +137,12 @@ def register_backends(register):
 
     - ``name`` (the value of ``TUNELAB_BACKEND`` that selects it), ``description`` (str),
       ``params`` (list[dict]: the settings it reads, e.g. ``address`` and ``token``).
-    - ``create(settings) -> core.engine.Engine``: build the engine. ``settings`` is a dict
+    - ``create(settings) -> tunelab.core.engine.Engine``: build the engine. ``settings`` is a dict
       with ``backend`` plus whatever ``TUNELAB_*`` variables or the dashboard's ``[backend]``
       secrets set (``address``, ``token``, ...). Import heavy or optional packages inside
       ``create``, not at module level: every TuneLab process loads every backend plugin.
 
-    The returned engine implements the verbs of ``core.engine.Engine`` (describe a model,
+    The returned engine implements the verbs of ``tunelab.core.engine.Engine`` (describe a model,
     check data, start/stop/resume/list runs, generate, evaluate, export) with plain data in
     and out. ``local`` and ``ray`` are built in (``plugins/backends.py``); a team adds Slurm or
     Kubernetes the same way.

@@ -1,9 +1,9 @@
 """Measure a real training step: its peak memory and its speed, on this machine.
 
-:func:`measure_step` builds the model with :func:`core.train.build_model` and runs
-:func:`core.train.train_step`, the training loop's own step, on random tokens of exactly the
-shape the estimate (:mod:`core.memory`) assumes: so the two can be compared.
-:func:`measure_in_worker` runs it in a separate process (``python -m core measure``), so a
+:func:`measure_step` builds the model with :func:`tunelab.core.train.build_model` and runs
+:func:`tunelab.core.train.train_step`, the training loop's own step, on random tokens of exactly the
+shape the estimate (:mod:`tunelab.core.memory`) assumes: so the two can be compared.
+:func:`measure_in_worker` runs it in a separate process (``python -m tunelab measure``), so a
 dashboard never loads a model, or runs out of memory, inside its own process.
 """
 
@@ -167,7 +167,7 @@ def measure_step(cfg: RunConfig, steps: int = 2, model=None, device: str | None 
 
 
 def measure_in_worker(config: dict, steps: int = 2, timeout: float = 1800) -> dict:
-    """:func:`measure_step` in a new process (``python -m core measure``); its result as a dict.
+    """:func:`measure_step` in a new process (``python -m tunelab measure``); its result as a dict.
 
     A user's mistake in ``config`` raises ``UserError`` with the worker's own message; a worker
     killed for memory or crashing raises ``RuntimeError`` with the end of its output.
@@ -178,7 +178,7 @@ def measure_in_worker(config: dict, steps: int = 2, timeout: float = 1800) -> di
         path.write_text(cfg.to_yaml(), encoding="utf-8")
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         try:
-            proc = subprocess.run([sys.executable, "-m", "core", "measure", str(path), "--steps", str(steps)],
+            proc = subprocess.run([sys.executable, "-m", "tunelab", "measure", str(path), "--steps", str(steps)],
                                   cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"measuring a training step took over {timeout:.0f} s and was stopped") from None

@@ -1,6 +1,6 @@
 """How much memory does fine-tuning need? An estimate from the config alone.
 
-The measurement of a real step is :mod:`core.measure`; the machine's memory is :mod:`core.machine`.
+The measurement of a real step is :mod:`tunelab.core.measure`; the machine's memory is :mod:`tunelab.core.machine`.
 
 Training memory has five parts (all in bytes; P = parameters, T = trainable parameters):
 
@@ -28,7 +28,7 @@ peak is weights + optimizer state + the larger of (activations + logits + a shar
 gradients, during backward) and (gradients + the optimizer's temporaries, during its step).
 The coefficients below were measured by counting the tensors autograd saves (with
 ``torch.autograd.graph.saved_tensors_hooks``) on transformers 5.23 / torch 2.13, and checked
-against :func:`core.measure.measure_step` (within ~5% of live tensor bytes; on CPU the allocator's
+against :func:`tunelab.core.measure.measure_step` (within ~5% of live tensor bytes; on CPU the allocator's
 fragmentation adds 5-30% on top, which the 75% "tight" margin of :func:`verdict` is for).
 """
 
@@ -136,8 +136,8 @@ def activation_bytes(shape: dict, batch_size: int, max_length: int, mode: str, m
     (about 7 bytes per input feature in fp32, 4 in mixed precision) -- so LoRA with dropout can save
     *more* activations than full fine-tuning: its saving is in gradients and optimizer state.
 
-    ``fused``: the training engine's own layers (:mod:`core.fused`'s RMSNorm and SwiGLU, for the
-    architectures in ``core.fused.FUSED_MODEL_TYPES``) keep less: fp32 24h + 8k + 12i; mixed 16h + 4k +
+    ``fused``: the training engine's own layers (:mod:`tunelab.core.fused`'s RMSNorm and SwiGLU, for the
+    architectures in ``tunelab.core.fused.FUSED_MODEL_TYPES``) keep less: fp32 24h + 8k + 12i; mixed 16h + 4k +
     6i, or 22h + 8k + 6i with ``fp32_attention`` (bf16 on a CPU, where attention runs in fp32). These
     coefficients were counted the same way (bytes saved per token and layer, fitted over four shapes
     with residuals under 2 bytes).
@@ -180,7 +180,7 @@ def logits_bytes(shape: dict, tokens: int, mode: str, method: str = "full", chun
     (under autocast) the 16-bit logits, alive at the end of the forward pass; backward adds the
     gradient of each, one after the other: tokens x vocab x (12, + 2 in mixed precision).
 
-    The engine's loss (``core.train.linear_cross_entropy``, ``chunked=True``) makes the logits a chunk
+    The engine's loss (``tunelab.core.train.linear_cross_entropy``, ``chunked=True``) makes the logits a chunk
     of rows at a time and turns each into its gradient at once: one chunk's logits (the matmul's output,
     the fp32 log-softmax and the 16-bit gradient), the output layer's 16-bit weight copy, and the
     gradient of the hidden states (fp32) kept for backward. Every position is
@@ -216,8 +216,8 @@ def estimate(model_or_config, method: str = "full", precision: str = "fp32", bat
     ``master_weights=True`` is mixed precision as accelerate does it (fp32 weights as the master
     copy, 16-bit maths); ``False`` is pure 16-bit training. Ignored for fp32.
 
-    ``engine=True`` estimates the step TuneLab's engine runs (``core.train``) on ``device_type``
-    (default: where this machine trains, ``core.machine.device``): the fused norms and MLPs, attention
+    ``engine=True`` estimates the step TuneLab's engine runs (``tunelab.core.train``) on ``device_type``
+    (default: where this machine trains, ``tunelab.core.machine.device``): the fused norms and MLPs, attention
     in fp32 for bf16 on a CPU, and the loss's logits a chunk at a time at the trained positions (one
     process; a ``workers`` group's DDP runs the model's own loss over full logits). ``engine=False``
     estimates transformers' own layers and loss, as a plain Trainer runs them.

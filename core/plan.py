@@ -3,7 +3,7 @@
 The learning-rate schedule, the step count and the time estimate, and the training step's source
 for the Fine-tune page. Pure functions of a :class:`~core.config.RunConfig`: no torch, no data file,
 no run folder, so the thin dashboard (Streamlit Cloud, no torch) answers them itself and the
-training loop (``core.train``) uses the very same functions.
+training loop (``tunelab.core.train``) uses the very same functions.
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def plan_summary(config: dict, n_records: int | None, median_tokens: float | Non
 
 
 def loop_source() -> dict:
-    """``{"name", "source"}`` of the training step learners read (``core.train.train_step``;
-    ``core.train.train`` until the step is its own function). Read from the file, not imported,
+    """``{"name", "source"}`` of the training step learners read (``tunelab.core.train.train_step``;
+    ``tunelab.core.train.train`` until the step is its own function). Read from the file, not imported,
     so it needs no torch."""
     text = Path(__file__).with_name("train.py").read_text(encoding="utf-8")
     functions = {node.name: node for node in ast.parse(text).body if isinstance(node, ast.FunctionDef)}

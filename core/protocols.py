@@ -6,7 +6,7 @@ says what they mean); these ``typing.Protocol`` classes let an editor complete a
     from typing import TYPE_CHECKING
 
     if TYPE_CHECKING:
-        from core.protocols import Sampler
+        from tunelab.core.protocols import Sampler
 
     class Cold:
         name = "cold"
@@ -113,5 +113,5 @@ class Backend(Protocol):
     description: str
     params: list[dict]
 
-    def create(self, settings: dict) -> Any:  # a core.engine.Engine
+    def create(self, settings: dict) -> Any:  # a tunelab.core.engine.Engine
         ...

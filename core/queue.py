@@ -12,7 +12,7 @@ workers never decide at once. How many slots:
 
 - ``TUNELAB_MAX_WORKERS=N``: at most N training workers in this run store;
 - default: as many as memory allows. A run is admitted while the memory estimated for it
-  (``core.memory.estimate`` of its config) plus that of the runs holding slots fits in
+  (``tunelab.core.memory.estimate`` of its config) plus that of the runs holding slots fits in
   what training can use (``available_for_training``: the GPU's memory, or free
   RAM plus what the running workers already hold). The first run is always admitted: one
   that cannot fit alone fails with the out-of-memory advice instead of waiting forever.
@@ -149,7 +149,7 @@ def wait_for_slot(run_dir, need: int | None, stop, poll: float = POLL_S) -> int 
     """Wait in ``queued`` until this worker may train; the slot index, or None if ``stop`` came first.
 
     The caller holds the run's ``worker.lock``. ``stop`` is anything truthy once a stop was
-    asked (``core.train.StopFlag``). Writes ``queued_at``, ``waiting_for`` and then ``slot``
+    asked (``tunelab.core.train.StopFlag``). Writes ``queued_at``, ``waiting_for`` and then ``slot``
     into ``status.json`` so readers can say "queued, N ahead" and why.
     """
     run_dir = Path(run_dir).resolve()

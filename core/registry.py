@@ -41,7 +41,7 @@ from . import __version__, hookspecs
 from .errors import UserError
 from .paths import tunelab_home
 
-BUILTIN_MODULES = ("plugins.formats", "plugins.samplers", "plugins.evaluators", "plugins.backends")
+BUILTIN_MODULES = ("tunelab.plugins.formats", "tunelab.plugins.samplers", "tunelab.plugins.evaluators", "tunelab.plugins.backends")
 KINDS = ("data_formats", "samplers", "evaluators", "backends")
 PARAM_TYPES = ("int", "float", "bool", "str", "choice")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
@@ -59,7 +59,7 @@ _REQUIRED = {
     "samplers": [("generation_kwargs", callable, "a function generation_kwargs(**params) -> dict")],
     "evaluators": [("higher_is_better", lambda v: isinstance(v, bool), "True or False"),
                    ("evaluate", callable, "a function evaluate(samples, context, **params) -> dict")],
-    "backends": [("create", callable, "a function create(settings) -> core.engine.Engine")],
+    "backends": [("create", callable, "a function create(settings) -> tunelab.core.engine.Engine")],
 }
 
 
@@ -128,7 +128,7 @@ class FailureLog:
 
 @dataclass
 class PluginInfo:
-    """What the Plugins page and ``python -m core plugins --json`` show for one plugin."""
+    """What the Plugins page and ``python -m tunelab plugins --json`` show for one plugin."""
 
     name: str
     version: str | None

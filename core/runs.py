@@ -181,9 +181,9 @@ def read_status(run_dir, waiters=None) -> dict:
         # launch() holds the lock from before it writes launched_at until its worker exits
         launched = status.get("launched_at") and not pid
         if not alive and (pid or launched or age > 120):
-            where = (f"`python -m core resume {run_dir}` continues from the last checkpoint ({checkpoint.name})"
+            where = (f"`python -m tunelab resume {run_dir}` continues from the last checkpoint ({checkpoint.name})"
                      if checkpoint else "no checkpoint was saved (set save_every to keep some), so "
-                     f"`python -m core resume {run_dir}` starts again from step 0")
+                     f"`python -m tunelab resume {run_dir}` starts again from step 0")
             why = ("ended without finishing (killed or crashed)" if pid else
                    "ended before training started (its log.txt says why)" if launched else "never started")
             status.update(state="failed", interrupted=True, error=f"interrupted: the worker process {why}; {where}.")
@@ -336,7 +336,7 @@ def delete_run(run_dir, owner: str | None = None) -> int:
     run_dir = Path(run_dir)
     status = read_status(run_dir)  # a run folder, or a clear error
     if status["state"] in ACTIVE:
-        raise UserError(f"run {run_dir.name} is {status['state']}: stop it first (`python -m core stop {run_dir}`), "
+        raise UserError(f"run {run_dir.name} is {status['state']}: stop it first (`python -m tunelab stop {run_dir}`), "
                         "then delete it")
     check_control(run_dir, owner, "delete")
     fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)

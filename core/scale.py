@@ -2,11 +2,11 @@
 
 Ray Train's ``TorchTrainer`` starts N worker processes (one per GPU on a GPU box, or CPU processes
 with gloo where there is none), sets up their process group and runs :func:`_worker` in each: TuneLab's
-own :func:`core.train.train`, unchanged. Each rank has a copy of the model and takes every N-th
+own :func:`tunelab.core.train.train`, unchanged. Each rank has a copy of the model and takes every N-th
 micro-batch; DDP averages the gradients; rank 0 writes the run's files (metrics, status, checkpoints,
 ``final/``) into the run folder, which on several machines is shared storage.
 
-This process (``python -m core train``, the run's worker as far as the run store knows: it holds
+This process (``python -m tunelab train``, the run's worker as far as the run store knows: it holds
 ``worker.lock``) is the *driver*: it connects to Ray (the cluster a Ray Job runs on, or a private local
 Ray on a laptop), refuses a group the cluster cannot hold, echoes rank 0's metric rows as JSON lines
 on stdout (so a Ray Job's log carries them to the client's mirror, as for one process), turns SIGTERM
@@ -26,7 +26,7 @@ from . import runs, train
 from .plan import check_resources
 from .config import RunConfig
 from .errors import UserError
-from .paths import REPO_ROOT
+from .paths import IMPORT_ROOT
 
 ECHO_POLL_S = 0.5  # how often the driver looks for new metric rows
 LOCAL_OBJECT_STORE = 128 * 2**20  # a private local Ray passes no data through its object store: keep it small
@@ -50,7 +50,7 @@ def _connect(workers: int) -> None:
     # CPU slots for every rank (on 2 cores they take turns: data parallelism shown, not a speed-up).
     ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
              object_store_memory=LOCAL_OBJECT_STORE, log_to_driver=True,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+             runtime_env={"env_vars": {"PYTHONPATH": str(IMPORT_ROOT)}})
 
 
 def _worker(loop_config: dict) -> None:
@@ -85,7 +85,7 @@ class _Echo(threading.Thread):
 
 
 def train_group(cfg: RunConfig, run_dir, resume: bool = False, echo=None) -> dict:
-    """Train ``cfg`` with ``cfg.workers`` ranks; returns the result :func:`core.train.train` would."""
+    """Train ``cfg`` with ``cfg.workers`` ranks; returns the result :func:`tunelab.core.train.train` would."""
     import ray
     from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -133,8 +133,8 @@ def _died(exc: BaseException, run_dir: Path, seconds: float) -> str:
     text = " ".join(str(exc).split())
     cause = text[-300:] if text else type(exc).__name__
     checkpoint = runs.latest_checkpoint(run_dir)
-    where = (f"`python -m core resume {run_dir}` continues from {checkpoint.name}" if checkpoint else
-             f"no checkpoint was saved (set save_every to keep some), so `python -m core resume {run_dir}` "
+    where = (f"`python -m tunelab resume {run_dir}` continues from {checkpoint.name}" if checkpoint else
+             f"no checkpoint was saved (set save_every to keep some), so `python -m tunelab resume {run_dir}` "
              "starts again from step 0")
     print(f"[tunelab] the worker group failed after {seconds:.0f} s: {type(exc).__name__}: {text}",
           file=sys.stderr, flush=True)

@@ -1,8 +1,8 @@
 """The TuneLab service on a GPU box: the engine's verbs over HTTP, behind the cluster's token.
 
-``python -m core serve --host 0.0.0.0 --port 8266`` on the box (next to ``ray start --head``).
-It holds one :class:`core.backends.local.LocalEngine`, so the models a learner clicks on stay
-loaded (warm) between requests, and it gives the Ray backend (``core.backends.ray``) what a job
+``python -m tunelab serve --host 0.0.0.0 --port 8266`` on the box (next to ``ray start --head``).
+It holds one :class:`tunelab.core.backends.local.LocalEngine`, so the models a learner clicks on stay
+loaded (warm) between requests, and it gives the Ray backend (``tunelab.core.backends.ray``) what a job
 alone cannot: the box's run folders (config, status, metrics, the STOP file that makes a worker
 save a checkpoint before it exits), uploads of data files, and streamed answers.
 
@@ -20,13 +20,13 @@ Protocol (every request needs ``Authorization: Bearer <token>``: 401 without, 40
     POST /v1/stream/<verb> {"kwargs"}   -> one JSON per line: {"piece"} | {"progress"} | {"result"} | {"error"}
     PUT  /v1/upload/<sha256>/<name>     the file's bytes -> {"result": "upload:<sha256>/<name>"}
 
-The verbs are the protocol's own: the public methods of :class:`core.engine.Engine`, less
+The verbs are the protocol's own: the public methods of :class:`tunelab.core.engine.Engine`, less
 :data:`NOT_SERVED` (see there why each one is left out), plus the run-file verbs of
 :data:`BOX_VERBS`. A verb whose answer comes in pieces (an ``Iterator`` result, or a ``progress``
 callback) is a streaming verb; the others are calls.
 
 A path argument ``upload:<sha256>/<name>`` means a file uploaded before. Uploads are kept in the
-run store's uploads folder (:func:`core.uploads.uploads_dir`), beside the dashboard's, and expire
+run store's uploads folder (:func:`tunelab.core.uploads.uploads_dir`), beside the dashboard's, and expire
 by the same rule (``TUNELAB_UPLOAD_TTL_H`` after their last upload or use). Anyone holding the
 token can already run any code on the cluster through Ray Jobs, so the token is the whole trust
 boundary: keep it secret and put TLS in front (README, "Train on a GPU box").
@@ -82,11 +82,11 @@ NOT_SERVED = {
     "start_experiment", "experiment", "list_experiments", "stop_experiment",
     # a real training step, run in a worker process: work for a job, not for the service's process
     "measure_memory",
-    # writes a model to any folder on the box; the client says to export there (`python -m core export`)
+    # writes a model to any folder on the box; the client says to export there (`python -m tunelab export`)
     "export_run",
-    # deletes the box's run folders, the source of truth: done on the box (`python -m core delete`)
+    # deletes the box's run folders, the source of truth: done on the box (`python -m tunelab delete`)
     "delete_run",
-    # change (or browse for changing) the box's installed plugins: done on the box (`python -m core plugins`)
+    # change (or browse for changing) the box's installed plugins: done on the box (`python -m tunelab plugins`)
     "set_plugin_enabled", "install_plugin", "catalog",
     # answered by the client itself, on the dashboard's machine: pure rules and the dashboard's own files
     "plan_summary", "loop_source", "save_upload", "allowed_data", "data_choices", "embedded_ready",
@@ -98,7 +98,7 @@ BOX_VERBS = ("info", "prepare_run", "prepare_resume", "request_stop", "run_statu
 
 
 def protocol_verbs() -> set[str]:
-    """The verbs of the protocol: the public methods of :class:`core.engine.Engine`."""
+    """The verbs of the protocol: the public methods of :class:`tunelab.core.engine.Engine`."""
     return {name for name, _ in inspect.getmembers(Engine, inspect.isfunction) if not name.startswith("_")}
 
 
@@ -137,7 +137,7 @@ def max_upload_bytes() -> int:
 def upload_file(digest: str, name: str) -> Path:
     """Where the upload of ``name`` with this sha256 is kept: ``<uploads>/<sha256, 32 hex>-<name>``.
 
-    A plain file in :func:`core.uploads.uploads_dir`, so :func:`core.uploads.expire_uploads` expires
+    A plain file in :func:`tunelab.core.uploads.uploads_dir`, so :func:`tunelab.core.uploads.expire_uploads` expires
     it like a dashboard upload (32 hex digits of the hash keep the name under 255 bytes)."""
     return uploads_dir() / f"{digest[:32]}-{name}"
 
@@ -178,7 +178,7 @@ async def _receive_upload(chunks, tmp: Path | None, limit: int, name: str) -> st
 
 def _keep_upload(tmp: Path | None, target: Path, got: str, digest: str, name: str) -> None:
     """Move a received upload into place (atomic: a reader never sees half of one), or give one
-    sent again a new life (as :func:`core.uploads.save_upload`); then expire the old uploads."""
+    sent again a new life (as :func:`tunelab.core.uploads.save_upload`); then expire the old uploads."""
     if tmp is None:
         try:
             os.utime(target)
@@ -555,7 +555,7 @@ def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | 
 
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-    """Serve until interrupted (``python -m core serve``): SIGINT or SIGTERM stop it gracefully."""
+    """Serve until interrupted (``python -m tunelab serve``): SIGINT or SIGTERM stop it gracefully."""
     try:
         server = make_server(host, port)
     except OSError as exc:

@@ -1,12 +1,12 @@
 """A training worker started before Start is pressed, so the first loss point comes seconds sooner.
 
-A fresh worker (``python -m core train``) spends its first seconds importing torch,
+A fresh worker (``python -m tunelab train``) spends its first seconds importing torch,
 transformers and the model code before it reads a single example. The dashboard's engine starts
-one *standby* worker ahead (:func:`prestart`): ``python -m core standby`` does those imports
+one *standby* worker ahead (:func:`prestart`): ``python -m tunelab standby`` does those imports
 and waits (its half of the hand-over is ``cmd_standby`` in ``core/__main__.py``). :func:`hand_over`
-(called by ``core.workers.launch``) gives it a run over a socket
+(called by ``tunelab.core.workers.launch``) gives it a run over a socket
 pair, passing the run's ``worker.lock`` and ``log.txt`` descriptors, so the lock never leaves a
-holder; the standby then runs ``python -m core train|resume`` for that run, in its own process,
+holder; the standby then runs ``python -m tunelab train|resume`` for that run, in its own process,
 exactly as a fresh worker would. The next standby starts when that worker exits.
 
 A standby that is not ready yet is not waited for (a fresh worker starts instead). It exits on
@@ -60,7 +60,7 @@ def prestart() -> None:
         _discard()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "core", "standby", "--fd", str(theirs.fileno())],
+            proc = subprocess.Popen([sys.executable, "-m", "tunelab", "standby", "--fd", str(theirs.fileno())],
                                     cwd=REPO_ROOT, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -74,7 +74,7 @@ def prestart() -> None:
 
 
 def hand_over(argv: list[str], lock_fd: int, log_fd: int) -> int | None:
-    """Give ``python -m core <argv>`` to the waiting standby; its pid, or None (launch a fresh worker).
+    """Give ``python -m tunelab <argv>`` to the waiting standby; its pid, or None (launch a fresh worker).
 
     ``lock_fd`` (the run's held ``worker.lock``) and ``log_fd`` go with it; the caller closes
     its own copies afterwards, as it does after starting a fresh worker.

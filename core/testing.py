@@ -2,7 +2,7 @@
 
 Use it from a plugin's tests (run with TuneLab importable, e.g. from a TuneLab checkout)::
 
-    pytest_plugins = ["core.testing"]
+    pytest_plugins = ["tunelab.core.testing"]
 
     def test_my_sampler(register_plugin, check_sampler, tiny_model_and_tokenizer):
         with register_plugin(my_plugin) as registry:        # TuneLab's built-ins + my_plugin, strict
@@ -16,7 +16,7 @@ Fixtures:
 - ``register_plugin``: ``with register_plugin(plugin, name=...) as registry:`` registers one plugin
   (a module or an object with ``@hookimpl`` functions) next to the built-ins, in strict mode (its
   errors raise instead of being recorded), and makes that registry the process-wide one
-  (``core.registry.get_registry()``) until the block ends.
+  (``tunelab.core.registry.get_registry()``) until the block ends.
 - ``tiny_model_dir`` / ``tiny_model_and_tokenizer``: a two-layer random Llama with the embedded
   model's tokenizer, offline, built once per test session (generation takes milliseconds).
 - ``check_data_format``, ``check_sampler``, ``check_evaluator``: the contract check of each kind
@@ -101,7 +101,7 @@ def check_record(record, where: str = "record") -> None:
     """Assert ``record`` is canonical: ``{"messages": [{role, content}, ...]}`` (roles system, user,
     assistant, tool; an assistant turn among them), ``{"text": str}`` or ``{"segments": [{text, label}]}``.
 
-    The same rule the engine applies to every record a format yields (``core.data.canonical_problem``).
+    The same rule the engine applies to every record a format yields (``tunelab.core.data.canonical_problem``).
     """
     problem = data.canonical_problem(record)
     assert problem is None, f"{where}: {problem}"

@@ -8,8 +8,8 @@
               checkpoint; stop when asked; at the end final/ (a folder from_pretrained
               opens) and status "finished".
 
-Run it as a worker: ``python -m core train config.yaml --run-dir runs/x``; with ``workers: N`` the
-same :func:`train` runs in N processes of a data-parallel group (``core.scale``, on Ray Train).
+Run it as a worker: ``python -m tunelab train config.yaml --run-dir runs/x``; with ``workers: N`` the
+same :func:`train` runs in N processes of a data-parallel group (``tunelab.core.scale``, on Ray Train).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ OOM_LADDER = (
 NAN_HELP = (
     "The loss became {loss} at step {step}: training diverged. Likely causes: the learning rate is too "
     "high (try lr / 10), no gradient clipping (set max_grad_norm: 1.0), fp16 overflow (use bf16 or fp32), "
-    "or broken examples (check the data with `python -m core data check`)."
+    "or broken examples (check the data with `python -m tunelab data check`)."
 )
 
 
@@ -56,7 +56,7 @@ def build_model(cfg: RunConfig, model=None, precision: str | None = None, device
     """``(model, tokenizer)``: the pretrained model with LoRA adapters and checkpointing as configured.
 
     ``model`` (optional, with its tokenizer as ``(model, tokenizer)``) skips loading ``cfg.model``.
-    The norms, MLPs and (bf16 on a CPU) attention run their leaner equivalents (:mod:`core.fused`);
+    The norms, MLPs and (bf16 on a CPU) attention run their leaner equivalents (:mod:`tunelab.core.fused`);
     ``precision`` is the resolved precision (default: ``cfg.precision`` resolved here) and
     ``device_type`` where the model will train (default: where it was loaded). What was fused is
     in ``model.tunelab_fused`` (the run's ``status.json`` records it).
@@ -384,7 +384,7 @@ def check_fresh(run_dir: Path) -> None:
     """Refuse to train from scratch into a folder that holds a trained model or checkpoints."""
     if (run_dir / "final").exists() or runs.checkpoints(run_dir):
         raise UserError(f"{run_dir} already holds a trained run (final/ or checkpoints/); use "
-                        f"`python -m core resume {run_dir}` to continue it, or a new --run-dir")
+                        f"`python -m tunelab resume {run_dir}` to continue it, or a new --run-dir")
 
 
 # -- one process or several: data parallelism ---------------------------------------------------
@@ -394,7 +394,7 @@ class Group:
     A group is N processes, each with a full copy of the model, each taking every N-th micro-batch;
     after backward, DDP averages their gradients, so every copy takes the same optimizer step.
     The process group itself is set up by whoever started the processes (Ray Train's TorchTrainer,
-    see ``core.scale``; or ``torchrun``): here it is only read. Rank 0 writes the run's files.
+    see ``tunelab.core.scale``; or ``torchrun``): here it is only read. Rank 0 writes the run's files.
     """
 
     def __init__(self):

@@ -3,9 +3,9 @@
 A worker holds its run's ``worker.lock`` (``fcntl.flock``) before it writes anything, so a second
 ``train --run-dir`` or ``resume`` on a live run is refused at once, and signals go only to the pid
 that holds it (verified by :func:`worker_pid`). :func:`launch` takes the lock first and hands it to
-the child (a fresh ``python -m core`` process, or the standby worker started ahead through
-:mod:`core.standby`), so there is no moment between two launches where both could start a worker.
-The run store (:mod:`core.runs`) only *reads* the lock, to tell a live worker from a dead one.
+the child (a fresh ``python -m tunelab`` process, or the standby worker started ahead through
+:mod:`tunelab.core.standby`), so there is no moment between two launches where both could start a worker.
+The run store (:mod:`tunelab.core.runs`) only *reads* the lock, to tell a live worker from a dead one.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def hold(fd: int) -> None:
 
 # -- one worker per run: worker.lock -------------------------------------------------------------
 def take_lock(fd: int, attempts: int = 10) -> bool:
-    """Take an exclusive flock without waiting for a holder. A reader's probe (:func:`core.runs.lock_held`)
+    """Take an exclusive flock without waiting for a holder. A reader's probe (:func:`tunelab.core.runs.lock_held`)
     holds a shared lock for microseconds, so a few quick retries tell it from a live worker."""
     for i in range(attempts):
         try:
@@ -76,7 +76,7 @@ def worker_pid(run_dir) -> int | None:
     """The pid of this run's live worker, verified, or None: what it is safe to signal.
 
     Verified three ways: ``worker.lock`` is held, it names the pid (> 1), and that process's
-    command line is ``... core ...`` naming this run's folder. A pid written into
+    command line is TuneLab's (:func:`is_tunelab_command`) naming this run's folder. A pid written into
     ``status.json`` (a crafted ``-1`` would signal every process) is never trusted alone.
     """
     run_dir = Path(run_dir).resolve()
@@ -91,13 +91,19 @@ def worker_pid(run_dir) -> int | None:
     return pid if _is_worker_of(pid, run_dir) else None
 
 
+def is_tunelab_command(cmdline: list[str]) -> bool:
+    """Whether a process's command line is TuneLab's CLI: ``python -m tunelab ...`` (``tunelab.core``
+    too) from a checkout, or the ``tunelab`` script an install puts on the PATH."""
+    return any(arg in ("tunelab", "tunelab.core") or Path(arg).name == "tunelab" for arg in cmdline[:4])
+
+
 def _is_worker_of(pid: int, run_dir: Path) -> bool:
     try:
         proc = psutil.Process(pid)
         cmdline, cwd = proc.cmdline(), Path(proc.cwd())
     except (psutil.Error, OSError):
         return False
-    if "core" not in cmdline:  # python -m core train|resume ...
+    if not is_tunelab_command(cmdline):
         return False
     if "standby" in cmdline:  # started ahead (core.standby): it holds this run's lock open
         return _holds_open(proc, run_dir / LOCK_NAME)
@@ -154,7 +160,7 @@ def _busy(run_dir: Path) -> str:
         pid = 0
     who = f" (pid {pid})" if pid else ""
     return (f"run {run_dir.name} already has a live worker{who}; wait for it to end, or stop it with "
-            f"`python -m core stop {run_dir}` and then resume it")
+            f"`python -m tunelab stop {run_dir}` and then resume it")
 
 
 
@@ -175,7 +181,7 @@ def launch(run_dir, resume: bool = False) -> int:
         # before the child exists: afterwards only the worker writes its state
         write_status(run_dir, state="queued", pid=None, error=None, slot=None, queued_at=None,
                      waiting_for=None, launched_at=now())
-        cmd = [sys.executable, "-m", "core", "resume" if resume else "train"]
+        cmd = [sys.executable, "-m", "tunelab", "resume" if resume else "train"]
         cmd += [str(run_dir)] if resume else [str(run_dir / "config.yaml"), "--run-dir", str(run_dir)]
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{LOCK_FD_ENV: str(fd)})
         with (run_dir / "log.txt").open("a", encoding="utf-8") as log:  # the child keeps its own copy

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from core.curves import ema  # the smoothing the Fine-tune lesson reads its curves with
+from tunelab.core.curves import ema  # the smoothing the Fine-tune lesson reads its curves with
 
 # Memory parts, bottom to top, with one colour each (the same on every chart).
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "logits")

@@ -3,7 +3,7 @@ the concept box, plugin param forms, token chips, a run picker, charts, and plai
 paths and samplers.
 
 Nothing here holds a model or a rule of the engine: pages ask ``dashboard.state.engine()`` (the
-facade, ``core.engine``) for everything, by name. No torch, no transformers: the Streamlit Cloud
+facade, ``tunelab.core.engine``) for everything, by name. No torch, no transformers: the Streamlit Cloud
 app imports this module without them.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.config import cautions, value_problem
-from core.errors import UserError
+from tunelab.core.config import cautions, value_problem
+from tunelab.core.errors import UserError
 from dashboard import charts, course, state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ HEALTH_TTL_S = 15  # how long the sidebar trusts its last look at the backend
 
 @contextmanager
 def user_errors():
-    """Show a ``core.errors.UserError`` (``EngineMissing`` included) as one clear line, never a traceback."""
+    """Show a ``tunelab.core.errors.UserError`` (``EngineMissing`` included) as one clear line, never a traceback."""
     try:
         yield
     except UserError as exc:
@@ -36,7 +36,7 @@ def user_errors():
 
 def refused(key: str, value, kept=None, container=None) -> bool:
     """Beside a widget: why ``value`` cannot be the run's ``key`` (the engine's own rule,
-    ``core.config.value_problem``), and what the run keeps instead. True when it was refused."""
+    ``tunelab.core.config.value_problem``), and what the run keeps instead. True when it was refused."""
     problem = value_problem(key, value)
     if problem:
         (container or st).error(f"Not used: {problem}." + (f" The run keeps {key} = {kept}." if kept is not None
@@ -103,7 +103,7 @@ def data_report(cfg) -> dict | None:
 
 
 def show_cautions(cfg, report: dict | None, container=None) -> None:
-    """What the plan will probably regret for its data (``core.config.cautions``), as warnings."""
+    """What the plan will probably regret for its data (``tunelab.core.config.cautions``), as warnings."""
     if not report:
         return
     lengths = report.get("token_lengths") or {}
@@ -117,7 +117,7 @@ def finished_run_picker(label: str, key: str, help: str, none_option: str | None
 
     Returns ``(run id or None, [finished run ids])``; None when ``none_option`` is chosen, and
     ``(None, [])`` without a widget when no run finished and there is no ``none_option``. A
-    finished run's trained model is ``core.engine.run_model(run_id)``.
+    finished run's trained model is ``tunelab.core.engine.run_model(run_id)``.
     """
     finished = [r["run_id"] for r in state.engine().list_runs() if r.get("state") == "finished"]
     if not finished and none_option is None:

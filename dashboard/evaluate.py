@@ -7,17 +7,9 @@ worse per metric; ``ranking``: where training helped most and hurt most); the pa
 import streamlit as st
 
 from dashboard import charts, common, lessons, state
+from tunelab.core.config import eval_samples_problem
 
 DEFAULT_DATA = "data/science_tutor_heldout.alpaca.json"
-MAX_SAMPLES = 10_000
-
-
-def samples_problem(n) -> str | None:
-    """Why ``n`` cannot be the number of held-out examples to answer, or None."""
-    if n is None or n != int(n) or not 1 <= n <= MAX_SAMPLES:
-        return (f"Samples = {n}: answer at least 1 held-out example (both models answer each one) and at most "
-                f"{MAX_SAMPLES:,}; on a CPU 8 takes a minute or two")
-    return None
 
 
 def held_out_file():
@@ -53,7 +45,7 @@ def what_to_measure(evaluators: dict) -> dict:
             limit = st.number_input("Samples", value=8, step=1, key="eval.limit",
                                     help="How many held-out examples to answer. Each one is answered by both models, "
                                          "so on a CPU keep it small (8 takes a minute or two); on a GPU use them all.")
-            bad_limit = samples_problem(limit)
+            bad_limit = eval_samples_problem(limit, "Samples")
             if bad_limit:
                 st.error(f"Not used: {bad_limit}.", icon=":material/block:")
             max_new_tokens = st.slider("Max new tokens per answer", 16, 512, 96, 16, key="eval.max_new_tokens",

@@ -13,9 +13,9 @@ import json
 
 import streamlit as st
 
-from core.config import RunConfig
-from core.engine import run_model
-from core.errors import UserError
+from tunelab.core.config import RunConfig
+from tunelab.core.engine import run_model
+from tunelab.core.errors import UserError
 from dashboard import charts, common, lessons, state
 
 POLL_S = 2

@@ -8,9 +8,9 @@ live while anything trains.
 
 import streamlit as st
 
-from core.config import CONFIG_DOCS, value_problem
-from core.curves import curve_signals
-from core.engine import ACTIVE, run_model
+from tunelab.core.config import CONFIG_DOCS, value_problem
+from tunelab.core.curves import curve_signals
+from tunelab.core.engine import ACTIVE, run_model
 from dashboard import charts, common, lessons, state
 
 POLL_S = 2
@@ -353,7 +353,7 @@ def the_loop() -> None:
     with st.expander(f"The training step itself: `{loop['name']}`, top to bottom", icon=":material/code:"):
         st.caption("This is the code the worker runs for every optimizer step: for each micro-batch a forward "
                    "pass and the loss, a backward pass; then gradient clipping, an AdamW step and the learning-rate "
-                   "schedule. Around it, `core.train.train` loads the data and the model, writes a metrics row "
+                   "schedule. Around it, `tunelab.core.train.train` loads the data and the model, writes a metrics row "
                    "after each step (the points on the chart above), validates, checkpoints and stops when asked.")
         st.code(loop["source"], language="python", line_numbers=True)
 
@@ -361,7 +361,7 @@ def the_loop() -> None:
 def page() -> None:
     common.title(__file__)
     st.markdown(
-        "Training runs in its own worker process (`python -m core train config.yaml`), so closing the tab "
+        "Training runs in its own worker process (`python -m tunelab train config.yaml`), so closing the tab "
         "or clicking around never stops it. This page starts a run from the settings of lesson 3, then polls "
         "the run's folder every two seconds to draw the loss, the learning rate and the speed as they happen. "
         "The run's name is in the address bar: reload the page, or open it in a second tab, and it reattaches."

@@ -1,12 +1,12 @@
 """Lesson 5: talk to the model, before and after; see how a sampler picks the next token.
 
 Models are named, never held: the base model by its name, a finished run's model as
-``core.engine.run_model(run_id)``; the engine loads and caches them.
+``tunelab.core.engine.run_model(run_id)``; the engine loads and caches them.
 """
 
 import streamlit as st
 
-from core.engine import run_model
+from tunelab.core.engine import run_model
 from dashboard import charts, common, lessons, state
 
 

@@ -11,7 +11,7 @@ import json
 
 import streamlit as st
 
-from core.config import RunConfig
+from tunelab.core.config import RunConfig
 from dashboard import charts, common, state
 
 VERDICT_STYLE = {"fits": (st.success, ":material/check_circle:"), "tight": (st.warning, ":material/warning:")}

@@ -6,7 +6,7 @@ remote backend); switching, browsing the catalog and installing go through the e
 
 import streamlit as st
 
-from core.engine import app_plugins
+from tunelab.core.engine import app_plugins
 from dashboard import common, lessons, state
 
 KIND_LABELS = {"data_formats": "data formats", "samplers": "samplers", "evaluators": "evaluators", "backends": "backends"}
@@ -203,7 +203,7 @@ def write_tab() -> None:
     )
     st.subheader("The template")
     st.caption(f"`{template.relative_to(common.REPO)}/`: copy the files, rename `tunelab_myplugin`, then "
-               "`pip install -e .` into TuneLab's environment and run `python -m core plugins`.")
+               "`pip install -e .` into TuneLab's environment and run `python -m tunelab plugins`.")
     languages = {".toml": "toml", ".py": "python", ".md": "markdown"}
     files = sorted((p for p in template.glob("*") if p.is_file() and p.suffix in languages),
                    key=lambda p: (p.suffix != ".toml", p.suffix == ".md", p.name.startswith("test_"), p.name))

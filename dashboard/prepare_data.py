@@ -146,7 +146,7 @@ def kept_and_dropped(report: dict) -> None:
     for w in warnings[:10]:
         st.warning((f"Row {w['row']}: " if w.get("row") else "") + w.get("message", ""), icon=":material/warning:")
     if counts.get("warnings", len(warnings)) > 10:
-        st.caption(f"… and {counts['warnings'] - 10} more warnings (`python -m core data check FILE` lists them).")
+        st.caption(f"… and {counts['warnings'] - 10} more warnings (`python -m tunelab data check FILE` lists them).")
 
 
 def first_records(rows: list[dict]) -> None:

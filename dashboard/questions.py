@@ -16,8 +16,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.config import RunConfig
-from core.errors import UserError
+from tunelab.core.config import RunConfig
+from tunelab.core.errors import UserError
 from dashboard import common, lessons, memory_view, state
 
 HOW_TO_MEASURE = "make lesson"
@@ -137,7 +137,7 @@ def laptop(f: Facts) -> None:
                 rows.append(row)
             st.dataframe(rows, hide_index=True, width="stretch")
         st.caption(f"Peak training memory of the embedded model at max_length {length}, estimated by "
-                   f"`core.memory.estimate`; '(tight)' and '(won't fit)' compare it with the {m.get('where', 'memory')} "
+                   f"`tunelab.core.memory.estimate`; '(tight)' and '(won't fit)' compare it with the {m.get('where', 'memory')} "
                    "here. Lesson 7 (Memory) measures a real step to check the estimate.")
         if f.lesson_est:
             st.markdown(f"{f.setup_name} ({f.method}, batch {f.batch}, max_length {f.length}) needs about "
@@ -194,7 +194,7 @@ def memory_errors(f: Facts) -> None:
         st.markdown("\n".join(f"{i}. {line}" for i, line in enumerate(f.lesson_est.get("ladder") or [], 1)))
         st.caption(f"What each rung saves for {f.setup_name.lower()} ({f.method}, batch {f.batch}, "
                    f"max_length {f.length}, {common.human_bytes(f.lesson_est['total'])}), computed live by "
-                   "`core.memory.oom_advice`. Lesson 7 (Memory) shows the same ladder for your own set-up.")
+                   "`tunelab.core.memory.oom_advice`. Lesson 7 (Memory) shows the same ladder for your own set-up.")
     else:
         st.markdown("1. Halve the batch size and double `grad_accum`.\n2. Cut `max_length`.\n"
                     "3. Turn on gradient checkpointing.\n4. Train LoRA adapters instead of every weight.\n"
@@ -321,7 +321,7 @@ def page() -> None:
         r = facts.results
         st.caption(f"Lesson figures from `docs/results.json`, written by `{r.get('command', HOW_TO_MEASURE)}` on "
                    f"{get(r, 'machine', 'description', default='an unrecorded machine')}, {r.get('date', 'undated')}. "
-                   "Memory figures are estimated live for the embedded model by `core.memory`.")
+                   "Memory figures are estimated live for the embedded model by `tunelab.core.memory`.")
     else:
         no_figures_note()
     questions, practices, glossary_tab = st.tabs(["Beginner questions", "Best practices", "Glossary"])

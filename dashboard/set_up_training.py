@@ -1,7 +1,7 @@
 """Lesson 3: every hyperparameter explained, the learning-rate schedule, the memory and time it will need.
 
 Each widget reads the planned run (``state.plan()``) and writes its key back with
-``state.update_plan``; a value the engine's rules refuse (``core.config.value_problem``, the same rule
+``state.update_plan``; a value the engine's rules refuse (``tunelab.core.config.value_problem``, the same rule
 the config file and ``--set`` obey) is refused beside the widget, with the reason, and the plan keeps
 its value. What the numbers mean (split, steps, warm-up, schedule, changed keys, time) comes from
 ``Engine.plan_summary``, the data's size from ``Engine.check_data``, the memory from
@@ -12,7 +12,7 @@ import shlex
 
 import streamlit as st
 
-from core.config import CONFIG_DOCS as DOCS
+from tunelab.core.config import CONFIG_DOCS as DOCS
 from dashboard import charts, common, lessons, memory_view, state
 
 LRS = [1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 3e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
@@ -195,13 +195,13 @@ def as_a_file(n_examples: int) -> None:
         summary = state.engine().plan_summary(cfg.to_dict(), n_examples)
         left, right = st.columns(2, gap="large")
         with left:
-            st.markdown("**config.yaml** — save it, then run `python -m core train config.yaml`")
+            st.markdown("**config.yaml** — save it, then run `python -m tunelab train config.yaml`")
             st.code(cfg.to_yaml(), language="yaml")
         with right:
             sets = " \\\n  ".join(f"--set {shlex.quote(item)}" for item in summary["cli_sets"])
             st.markdown("**The same from the command line, without the file** — the defaults plus what you changed")
             st.code("echo '{}' > defaults.yaml   # every key at its default\n"
-                    "python -m core train defaults.yaml" + (" \\\n  " + sets if sets else ""), language="bash")
+                    "python -m tunelab train defaults.yaml" + (" \\\n  " + sets if sets else ""), language="bash")
             if cfg.data.params:
                 st.caption("Format options (data.params) are in the YAML file only.")
             st.caption("Lesson 4 starts exactly this run in a worker process, so closing the tab does not stop it. "

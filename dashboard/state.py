@@ -15,8 +15,8 @@ import uuid
 
 import streamlit as st
 
-from core.config import RunConfig
-from core.engine import Engine, get_engine
+from tunelab.core.config import RunConfig
+from tunelab.core.engine import Engine, get_engine
 
 EMBEDDED = "embedded"
 

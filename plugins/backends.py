@@ -8,13 +8,13 @@ hookimpl = pluggy.HookimplMarker("tunelab")
 
 
 def _local(settings):
-    from core.backends.local import LocalEngine
+    from tunelab.core.backends.local import LocalEngine
 
     return LocalEngine(settings)
 
 
 def _ray(settings):
-    from core.backends.ray import create
+    from tunelab.core.backends.ray import create
 
     return create(settings)
 

@@ -33,7 +33,7 @@ import re
 
 import pluggy
 
-from core.readers import CappedEvents, FieldError, RowErrors, csv_reader, iter_json_rows, read_text
+from tunelab.core.readers import CappedEvents, FieldError, RowErrors, csv_reader, iter_json_rows, read_text
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 

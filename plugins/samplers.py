@@ -4,7 +4,7 @@ At every step the model scores every token in its vocabulary; a softmax turns
 the scores into a probability distribution over "what comes next". A sampler
 decides how to pick from that distribution. Each one here only says which
 ``model.generate`` arguments to use (``generation_kwargs``); TuneLab's
-``core.generate`` applies exactly those, and draws the same transformation on
+``tunelab.core.generate`` applies exactly those, and draws the same transformation on
 the Generate lesson's before/after chart.
 
 Written exactly as a third-party plugin would be: only pluggy, no ``core``.

@@ -46,9 +46,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from core import curves, evaluate, models, runs, train  # noqa: E402
-from core.config import load_config  # noqa: E402
-from core.errors import UserError  # noqa: E402
+from tunelab.core import curves, evaluate, models, runs, train  # noqa: E402
+from tunelab.core.config import load_config  # noqa: E402
+from tunelab.core.errors import UserError  # noqa: E402
 
 SHOWCASE = "Explain photosynthesis."
 EVALUATORS = ["perplexity", "rouge_l", "keyword_coverage", "house_style"]

@@ -19,14 +19,14 @@ REAL_WORLD = REPO / "data" / "real-world"  # shipped in the repository (see its 
 
 @pytest.fixture(scope="session")
 def embedded_dir():
-    from core import models
+    from tunelab.core import models
 
     return models.ensure_embedded()
 
 
 @pytest.fixture(scope="session")
 def tokenizer(embedded_dir):
-    from core import models
+    from tunelab.core import models
 
     return models.load_tokenizer("embedded")
 
@@ -34,7 +34,7 @@ def tokenizer(embedded_dir):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, embedded_dir):
     """A folder with a two-layer random Llama and the embedded tokenizer."""
-    from core import models
+    from tunelab.core import models
 
     return models.make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -42,7 +42,7 @@ def tiny_model(tmp_path_factory, embedded_dir):
 @pytest.fixture(scope="session")
 def tiny(tiny_model):
     """``(model, tokenizer)`` of the tiny random model, loaded once."""
-    from core.models import load_model
+    from tunelab.core.models import load_model
 
     return load_model(tiny_model)
 
@@ -50,7 +50,7 @@ def tiny(tiny_model):
 @pytest.fixture(scope="session")
 def registry():
     """A registry with the built-in plugins only (no entry points, no plugins folder)."""
-    from core.registry import Registry
+    from tunelab.core.registry import Registry
 
     return Registry(load_external=False)
 

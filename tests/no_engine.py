@@ -1,7 +1,7 @@
 """A Python prelude that makes the engine's packages missing, as on the Streamlit Cloud app.
 
 Prepended to a script run in a subprocess: importing a blocked package fails, and
-``importlib.util.find_spec`` (what ``core.engine.engine_installed`` and the datasets library ask)
+``importlib.util.find_spec`` (what ``tunelab.core.engine.engine_installed`` and the datasets library ask)
 says None, as when the package is not installed.
 """
 

@@ -20,6 +20,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tunelab.core.workers import is_tunelab_command
+
 BIN = Path(sys.executable).parent
 
 
@@ -109,7 +111,7 @@ class RayHead:
         for proc in procs:
             try:
                 rss = proc.memory_info().rss
-                worker = "core" in proc.cmdline() and "-m" in proc.cmdline()
+                worker = is_tunelab_command(proc.cmdline())
             except Exception:  # exited between listing and reading
                 continue
             total += rss

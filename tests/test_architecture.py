@@ -2,7 +2,7 @@
 the dashboard never imports torch, and the engine never imports Streamlit.
 
 Why it matters: the Streamlit Cloud app installs requirements.txt alone (no torch) and talks to a
-GPU box through the same facade; one stray ``from core import runs`` in a page, or ``import torch``
+GPU box through the same facade; one stray ``from tunelab.core import runs`` in a page, or ``import torch``
 in a widget, breaks it there and nowhere else.
 """
 
@@ -20,7 +20,8 @@ CORE = sorted((REPO / "core").rglob("*.py"))
 # What a page or widget may import from core: the facade, the types it passes around, and the pure
 # rules a thin client reads without the engine (curves; the config's checks, so a widget refuses a value
 # by the very rule the config file and --set use; nothing there imports torch or a run folder).
-ALLOWED_CORE = {"core.engine": None, "core.config": {"RunConfig", "CONFIG_DOCS", "value_problem", "cautions"},
+ALLOWED_CORE = {"core.engine": None, "core.config": {"RunConfig", "CONFIG_DOCS", "value_problem", "cautions",
+                                                             "eval_samples_problem"},
                 "core.errors": {"UserError"}, "core.curves": None}
 HEAVY = {"torch", "transformers", "peft", "accelerate", "safetensors", "gguf", "bitsandbytes"}
 
@@ -42,6 +43,7 @@ def dashboard_violations(path: Path, root: Path = REPO) -> list[str]:
     bad = []
     for module, names, line in imports(path):
         where = f"{path.relative_to(root)}:{line}"
+        module = module.removeprefix("tunelab.")  # the engine's import name is tunelab.core (tunelab/__init__.py)
         top = module.split(".")[0]
         if top in HEAVY:
             bad.append(f"{where} imports {module}: the thin dashboard has no {top}")
@@ -59,8 +61,8 @@ def dashboard_violations(path: Path, root: Path = REPO) -> list[str]:
 def test_the_checks_catch_a_page_that_reaches_past_the_facade(tmp_path):
     page = tmp_path / "dashboard" / "bad.py"
     page.parent.mkdir()
-    page.write_text("from core import runs\nfrom core.config import load_config\n"
-                    "def f():\n    import torch\n    from core.train import train\n")
+    page.write_text("from tunelab.core import runs\nfrom tunelab.core.config import load_config\n"
+                    "def f():\n    import torch\n    from tunelab.core.train import train\n")
     found = dashboard_violations(page, root=tmp_path)
     assert len(found) == 4, found
     assert any("torch" in v for v in found) and any("core.train" in v for v in found)
@@ -96,16 +98,16 @@ def test_core_never_imports_streamlit():
 
 
 def test_the_facade_active_states_are_the_run_stores():
-    from core import engine, runs
+    from tunelab.core import engine, runs
 
     assert engine.ACTIVE == runs.ACTIVE
 
 
 BLOCK_HEAVY = """
 from dashboard import charts, common, lessons, memory_view, state  # noqa: F401 - importable without torch
-from core.backends import ray  # noqa: F401 - the thin client's backend
-from core.curves import curve_signals, ema
-from core.engine import Engine
+from tunelab.core.backends import ray  # noqa: F401 - the thin client's backend
+from tunelab.core.curves import curve_signals, ema
+from tunelab.core.engine import Engine
 
 engine = Engine()  # the rules every backend answers the same, here without torch
 summary = engine.plan_summary({"lr": 3e-4}, 300, 50, 1000.0)
@@ -114,7 +116,7 @@ assert "def train" in engine.loop_source()["source"]
 assert engine.allowed_data("data/science_tutor_heldout.alpaca.json").endswith("science_tutor_heldout.alpaca.json")
 assert ema([2.0, 2.0], 0.5) == [2.0, 2.0] and curve_signals([]) is None
 assert not BLOCKED & set(sys.modules), BLOCKED & set(sys.modules)  # nothing got round the block
-from core.engine import engine_installed
+from tunelab.core.engine import engine_installed
 assert not engine_installed()
 print("ok")
 """

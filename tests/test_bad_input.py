@@ -24,8 +24,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import data  # noqa: E402
-from core.errors import UserError  # noqa: E402
+from tunelab.core import data  # noqa: E402
+from tunelab.core.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = '{"instruction": "Say hi.", "output": "Hi!"}\n{"instruction": "Say bye.", "output": "Bye!"}\n'
@@ -234,7 +234,7 @@ def test_a_huge_record_is_not_tokenized_whole(tokenizer):
 
 def test_a_json_array_is_streamed_in_chunks_with_the_same_result(tmp_path, monkeypatch):
     """Chunk boundaries fall inside strings, escapes, numbers and literals: the rows must not change."""
-    from core import readers
+    from tunelab.core import readers
 
     rows = [{"instruction": f"Q{i} \u00e9\"quoted\" \\ back", "output": f"A{i} " * (i % 5), "n": i * 1.5,
              "ok": i % 2 == 0, "none": None, "nested": {"list": [i, [i, {"x": "y"}]]}} for i in range(40)]
@@ -256,7 +256,7 @@ def test_cli_refuses_before_loading_a_tokenizer(tmp_path):
     """Without --no-tokens the CLI would load a tokenizer (seconds); a bad file must not wait for it."""
     path = write_case(tmp_path, "dup.jsonl", '{"instruction": "c", "output": "d", "output": ""}\n')
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "core", "data", "check", str(path)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "tunelab", "data", "check", str(path)], capture_output=True, text=True,
                             cwd=REPO, timeout=60, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     seconds = time.perf_counter() - start
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
@@ -270,7 +270,7 @@ def table(folder: Path) -> dict:
     for name, content, fmt, pattern in CASES:
         path = write_case(folder, name, content)
         start = time.perf_counter()
-        cmd = [sys.executable, "-m", "core", "data", "check", str(path)] + (["--format", fmt] if fmt else [])
+        cmd = [sys.executable, "-m", "tunelab", "data", "check", str(path)] + (["--format", fmt] if fmt else [])
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=60,
                                 env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
         times.append(time.perf_counter() - start)

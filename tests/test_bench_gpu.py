@@ -6,7 +6,7 @@ import math
 import subprocess
 import sys
 
-from core.paths import REPO_ROOT
+from tunelab.core.paths import REPO_ROOT
 
 HEADINGS = ["## The lesson workload, side by side", "## Big batches: TuneLab's step against a bare bf16 loop",
             "## Memory: the estimate against the measured peak", "## The profile of one training step",
@@ -69,7 +69,7 @@ def test_the_two_worker_section_says_what_this_machine_cannot_show():
 
 def test_without_native_bf16_the_cpu_bench_skips_its_bf16_work(monkeypatch):
     from bench import common, compare, peers
-    from core import machine
+    from tunelab.core import machine
 
     names = ["tunelab", "tunelab-bf16", "seed", "trl", "trl-fastest", "bare"]
     monkeypatch.setattr(machine, "cpu_bf16_flags", lambda cpuinfo=None: [])

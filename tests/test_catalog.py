@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from core import catalog
-from core.errors import UserError
+from tunelab.core import catalog
+from tunelab.core.errors import UserError
 
 EXAMPLE = "tunelab-science-extras"
 
@@ -193,7 +193,7 @@ def test_core_catalog_has_no_streamlit():
 def test_catalog_tab_installs_only_after_the_warning_is_acknowledged(monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from core import registry
+    from tunelab.core import registry
 
     pending = entry(package="tunelab-foo", installed=None, plugins=[])
     monkeypatch.setattr(catalog, "with_status", lambda path=None: [pending])

@@ -1,4 +1,4 @@
-"""``python -m core``: plugins, data check and train's early refusals, run as a user would."""
+"""``python -m tunelab``: plugins, data check and train's early refusals, run as a user would."""
 
 import json
 import os
@@ -22,7 +22,7 @@ def env(tmp_path):
 
 
 def cli(env, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "tunelab", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -45,7 +45,7 @@ def box(tmp_path):
     for key in ("TUNELAB_BACKEND", "TUNELAB_RAY_ADDRESS"):
         env.pop(key, None)
     log = tmp_path / "service.log"
-    service = subprocess.Popen([sys.executable, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port)],
+    service = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", "--host", "127.0.0.1", "--port", str(port)],
                                cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         yield {"backend": "ray", "address": head.address, "token": head.token,

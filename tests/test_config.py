@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from core.config import CONFIG_DOCS, RunConfig, apply_overrides, defaults_table, load_config
-from core.errors import UserError
+from tunelab.core.config import CONFIG_DOCS, RunConfig, apply_overrides, defaults_table, load_config
+from tunelab.core.errors import UserError
 
 
 def test_defaults_are_valid_and_documented():

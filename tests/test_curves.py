@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from core import curves
-from core.curves import describe_curve, experiment_verdict
+from tunelab.core import curves
+from tunelab.core.curves import describe_curve, experiment_verdict
 
 # Three real runs: the embedded model, the default plan (full fine-tuning, batch 8, seed 0) with
 # max_steps 10, learning rates 1e-3, 1e-4 and 1e-5, measured on the 2-core CPU; the last number is

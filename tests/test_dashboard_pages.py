@@ -207,7 +207,7 @@ def test_set_up_training_schedule_memory_and_yaml(tiny_model):
     assert [t["name"] for t in mem_fig["data"]] == [charts.MEMORY_LABELS[p] for p in charts.MEMORY_PARTS]
     yaml_block = next(c.value for c in at.code if c.language == "yaml")
     assert "lr:" in yaml_block and "method: full" in yaml_block
-    assert any("--set" in c.value or "python -m core train" in c.value for c in at.code if c.language == "bash")
+    assert any("--set" in c.value or "python -m tunelab train" in c.value for c in at.code if c.language == "bash")
     # the page counts the planned data itself (lesson 2 not needed); the speed is lesson 7's measured step: rough
     times = [c for c in captions(at) if c.startswith("Estimated time: **")]
     assert times and re.match(r"Estimated time: \*\*\d+ s\*\* — \d+ steps × 8 examples × ~\d+ tokens", times[0]), times
@@ -320,8 +320,8 @@ def test_questions_page_without_results_names_the_command(tmp_path, monkeypatch)
 
 NO_ENGINE = """
 import json
-import core.engine
-assert not core.engine.engine_installed()
+import tunelab.core.engine
+assert not tunelab.core.engine.engine_installed()
 from streamlit.testing.v1 import AppTest
 
 out = {}

@@ -24,9 +24,9 @@ TIMEOUT = 60
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model):
     """A finished run of the tiny model (3 steps, validation at steps 2 and 3) with a saved evaluation."""
-    from core import evaluate, models
-    from core.config import RunConfig
-    from core.train import train
+    from tunelab.core import evaluate, models
+    from tunelab.core.config import RunConfig
+    from tunelab.core.train import train
 
     root = tmp_path_factory.mktemp("runs")
     rows = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a} plus {b} is {a + b}."}
@@ -103,7 +103,7 @@ def test_fine_tune_without_a_run_shows_start(runs_dir):
     assert start.label == "Start training" and not start.disabled
     assert at.button(key="ft.stop").disabled and at.button(key="ft.resume").disabled
     assert at.number_input(key="ft.max_steps").value == 0
-    from core.backends.local import LocalEngine
+    from tunelab.core.backends.local import LocalEngine
 
     loop = LocalEngine().loop_source()["source"]  # core.train.train_step, as the engine reads it
     assert any(c.value == loop for c in at.code) and "backward" in loop  # the training loop's source
@@ -140,7 +140,7 @@ def test_fine_tune_unknown_run_is_a_warning_not_a_crash(runs_root):
 
 
 def test_fine_tune_shows_a_failed_runs_error(runs_root):
-    from core import runs
+    from tunelab.core import runs
 
     failed = runs_root / "broken"
     failed.mkdir(exist_ok=True)
@@ -212,7 +212,7 @@ def test_evaluate_shows_the_saved_report(runs_root, tiny_run):
 
 
 def test_evaluate_runs_and_saves(runs_root, tiny_run):
-    from core.evaluate import load_report
+    from tunelab.core.evaluate import load_report
 
     data = json.loads((tiny_run / "eval" / "report.json").read_text())["data"]["path"]
     at = open_page("evaluate", uploads=[data])  # a file of this session's own: Evaluate may read it

@@ -6,10 +6,10 @@ import re
 import pytest
 
 from conftest import REAL_WORLD
-from core import data
-from core.data import IGNORE_INDEX
-from core.errors import UserError
-from core.registry import Registry
+from tunelab.core import data
+from tunelab.core.data import IGNORE_INDEX
+from tunelab.core.errors import UserError
+from tunelab.core.registry import Registry
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core import runs
+from tunelab.core import runs
 from test_e2e import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: F401
 from test_export import small_model  # noqa: F401 - the fixture
 from test_export_fallback import outlier_run  # noqa: F401 - the fixture

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 import pluggy
 import pytest
 
-from core import engine
-from core.backends import local
-from core.errors import UserError
-from core.registry import Registry, use_registry
+from tunelab.core import engine
+from tunelab.core.backends import local
+from tunelab.core.errors import UserError
+from tunelab.core.registry import Registry, use_registry
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 
@@ -142,7 +142,7 @@ def test_the_model_cache_drops_old_models_before_a_new_one_would_not_fit_on_the_
 
 
 def test_the_device_rule_prefers_the_freest_gpu_and_honours_the_override():
-    from core import machine
+    from tunelab.core import machine
 
     assert machine.choose_device(None, [], False) == "cpu"
     assert machine.choose_device(None, [], True) == "mps"
@@ -155,7 +155,7 @@ def test_the_device_rule_prefers_the_freest_gpu_and_honours_the_override():
 
 
 def test_batches_round_up_to_a_few_shapes_on_a_gpu_and_not_on_a_cpu():
-    from core import data, machine
+    from tunelab.core import data, machine
 
     examples = [{"input_ids": [5] * n, "labels": [5] * n} for n in (70, 100)]
     assert machine.pad_multiple("cpu") == 1 and machine.pad_multiple("cuda:0") == 64

@@ -8,10 +8,10 @@ import pluggy
 import pytest
 import torch
 
-from core import evaluate as ev
-from core.errors import UserError
-from core.registry import Registry, validate_contribution
-from plugins import evaluators as builtin
+from tunelab.core import evaluate as ev
+from tunelab.core.errors import UserError
+from tunelab.core.registry import Registry, validate_contribution
+from tunelab.plugins import evaluators as builtin
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 BUILTIN = ["perplexity", "exact_match", "rouge_l", "keyword_coverage"]
@@ -193,8 +193,8 @@ def test_load_samples_refuses_raw_text(tmp_path, registry):
 def test_evaluate_run_compares_base_and_final_and_saves_the_report(tiny_model, tmp_path):
     import shutil
 
-    from core import runs
-    from core.config import RunConfig
+    from tunelab.core import runs
+    from tunelab.core.config import RunConfig
 
     data = tmp_path / "held_out.jsonl"
     data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": q},
@@ -212,7 +212,7 @@ def test_evaluate_run_compares_base_and_final_and_saves_the_report(tiny_model, t
 
 
 def test_house_style_needs_every_heading_in_order():
-    from plugins.evaluators import house_style
+    from tunelab.plugins.evaluators import house_style
 
     good = ("**Definition:** A lever is a rigid bar.\n\n**How it works:** It turns on a pivot.\n\n"
             "**Everyday example:** A seesaw.\n\n**Key terms:** pivot, load, effort")
@@ -226,7 +226,7 @@ def test_house_style_needs_every_heading_in_order():
 
 
 def test_batched_generation_matches_one_prompt_at_a_time(tiny):
-    from core.generate import generate, generate_batch
+    from tunelab.core.generate import generate, generate_batch
 
     model, tokenizer = tiny
     prompts = ["Hi", "What is the capital of France, and why is it there?", "Explain rain."]
@@ -257,7 +257,7 @@ seen = []
 
 @pytest.mark.parametrize("precision,autocast", [("fp32", None), ("bf16", torch.bfloat16)])
 def test_evaluators_run_under_the_evaluations_precision(tiny, precision, autocast):
-    from core.machine import resolve_precision
+    from tunelab.core.machine import resolve_precision
 
     model, tokenizer = tiny
     registry = Registry(load_external=False, extra_plugins=[(AutocastProbe(), "probe")])

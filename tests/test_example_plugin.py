@@ -39,7 +39,7 @@ def env(tmp_path):
 
 
 def cli(env, *args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "tunelab", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -75,7 +75,7 @@ def test_its_sampler_generates_from_the_cli(env, tiny_model):
 
 
 def test_its_evaluator_scores(tiny_model):
-    from core import evaluate, models, registry
+    from tunelab.core import evaluate, models, registry
 
     registry.reset_registry()
     try:
@@ -112,7 +112,7 @@ def test_load_plugins_empty_and_the_disabled_list_leave_it_out(env, tmp_path):
 def test_it_shows_on_the_plugins_page():
     from streamlit.testing.v1 import AppTest
 
-    from core import registry
+    from tunelab.core import registry
     from dashboard import common
 
     registry.reset_registry()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core import runs
-from core.backends import ray as rb
+from tunelab.core import runs
+from tunelab.core.backends import ray as rb
 from test_ray_backend import box, data_file, engine, tiny_config, wait_for  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.ray

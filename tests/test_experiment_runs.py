@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core import experiment_driver as driver
-from core import experiments as ex
-from core import runs
-from core.errors import UserError
+from tunelab.core import experiment_driver as driver
+from tunelab.core import experiments as ex
+from tunelab.core import runs
+from tunelab.core.errors import UserError
 from helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ def tiny_plan(tiny_model, chat_file):
 
 @pytest.fixture
 def engine(runs_dir):
-    from core.backends.local import LocalEngine
+    from tunelab.core.backends.local import LocalEngine
 
     return LocalEngine({"standby": False})
 
@@ -108,7 +108,9 @@ def test_a_killed_driver_is_replaced_by_the_next_read_and_the_experiment_goes_on
     wait_for(lambda: not driver.driver_alive(folder), 30, what="the driver to die")
     os.utime(folder / driver.DRIVER_LOCK, (0, 0))  # as if it had started long ago (no relaunch within 10 s)
     record = wait_for(lambda: (r := engine.experiment(exp_id))["final"] and r, what="the experiment to end")
-    assert [e["state"] for e in record["runs"]] == ["finished"] * 3 and driver.driver_pid(folder) is None
+    assert [e["state"] for e in record["runs"]] == ["finished"] * 3
+    # The record is final once the replacement driver writes it; the driver exits a moment later.
+    wait_for(lambda: driver.driver_pid(folder) is None, 30, what="the replacement driver to exit")
 
 
 def test_cli_runs_the_values_in_the_foreground_and_writes_the_overlay(runs_dir, tiny_plan, tmp_path):
@@ -116,7 +118,7 @@ def test_cli_runs_the_values_in_the_foreground_and_writes_the_overlay(runs_dir, 
     config.write_text(yaml.safe_dump(tiny_plan))
     env = dict(os.environ, TUNELAB_RUNS_DIR=str(runs_dir))
     env.pop("TUNELAB_BACKEND", None)
-    proc = subprocess.run([sys.executable, "-m", "core", "experiment", str(config), "--vary", "lr=" + ",".join(VALUES),
+    proc = subprocess.run([sys.executable, "-m", "tunelab", "experiment", str(config), "--vary", "lr=" + ",".join(VALUES),
                            "--budget", f"{BUDGET}s"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -140,7 +142,7 @@ def test_cli_runs_the_values_in_the_foreground_and_writes_the_overlay(runs_dir, 
     (["--vary", "lr=1e-4,,1e-3"], "expected SETTING=VALUE,VALUE"),
 ])
 def test_cli_bad_input_is_exit_2_and_one_line(runs_dir, argv, words):
-    proc = subprocess.run([sys.executable, "-m", "core", "experiment", str(REPO / "configs" / "lesson.yaml"), *argv],
+    proc = subprocess.run([sys.executable, "-m", "tunelab", "experiment", str(REPO / "configs" / "lesson.yaml"), *argv],
                           cwd=REPO, env=dict(os.environ, TUNELAB_RUNS_DIR=str(runs_dir)), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and words in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from core import experiments as ex
-from core import runs
-from core.config import RunConfig, load_config
-from core.errors import UserError
+from tunelab.core import experiments as ex
+from tunelab.core import runs
+from tunelab.core.config import RunConfig, load_config
+from tunelab.core.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 N_TRAIN = 207  # the lesson set: 230 examples, 10% held out
@@ -272,7 +272,7 @@ def test_marking_is_checked(runs_dir):
 def test_three_learning_rates_on_the_embedded_model_name_the_diverging_the_best_and_the_too_slow(
         runs_dir, embedded_dir):
     """The default plan's three suggested learning rates, planned into the default 2-minute budget at the
-    default speed, each trained by a real worker (``python -m core train``), one after another."""
+    default speed, each trained by a real worker (``python -m tunelab train``), one after another."""
     base = load_config(REPO / "configs" / "lesson.yaml")
     n_train, _ = base.split_sizes(len(json.loads((REPO / base.data.path).read_text(encoding="utf-8"))))
     values = [s["value"] for s in ex.suggestions("lr", base)]
@@ -284,7 +284,7 @@ def test_three_learning_rates_on_the_embedded_model_name_the_diverging_the_best_
         run_dir = runs.create_run(nxt["config"], nxt["name"], runs_dir)
         ex.mark_started(exp, nxt["label"], run_dir.name)
         t = time.time()
-        subprocess.run([sys.executable, "-m", "core", "train", str(run_dir / "config.yaml"), "--run-dir",
+        subprocess.run([sys.executable, "-m", "tunelab", "train", str(run_dir / "config.yaml"), "--run-dir",
                         str(run_dir)], cwd=REPO, env=env, timeout=300, capture_output=True)
         walls[nxt["label"]] = round(time.time() - t, 1)
     total = time.time() - started

@@ -10,10 +10,10 @@ import zipfile
 import pytest
 
 from conftest import REPO
-from core import export, runs
-from core.__main__ import main
-from core.config import RunConfig
-from core.errors import UserError
+from tunelab.core import export, runs
+from tunelab.core.__main__ import main
+from tunelab.core.config import RunConfig
+from tunelab.core.errors import UserError
 
 SENTENCES = ["Water expands when it freezes, so ice is less dense and floats on lakes in winter.",
              "You are a patient science tutor. Answer in short, clear steps, with one example.",
@@ -27,7 +27,7 @@ def small_model(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-    from core.models import CHATML_TEMPLATE
+    from tunelab.core.models import CHATML_TEMPLATE
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -127,7 +127,7 @@ def test_modelfile_has_chatml_template_stop_and_sampler(tiny_model, tmp_path):
 def test_cli_export_writes_files_and_reports_agreement(small_model, tmp_path):
     run_dir = finished_run(small_model, tmp_path / "runs", "cli-run")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-m", "core", "export", str(run_dir), "--out", str(tmp_path / "out"),
+    done = subprocess.run([sys.executable, "-m", "tunelab", "export", str(run_dir), "--out", str(tmp_path / "out"),
                            "--type", "q8_0", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
@@ -172,7 +172,7 @@ def test_lora_run_is_merged_into_its_base_and_its_adapter_zipped(small_model, ch
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core import train
+    from tunelab.core import train
 
     cfg = RunConfig.from_dict({"model": small_model, "method": "lora", "lora": {"r": 4, "alpha": 16},
                                "data": {"path": str(chat_file), "val_fraction": 0.0}, "max_length": 64,
@@ -233,7 +233,7 @@ def test_missing_and_unfinished_runs_are_refused(small_model, tmp_path, capsys):
     one_error_line(capsys, rc, "nope does not exist")
     stopped = finished_run(small_model, tmp_path / "runs", "stopped-run", state="stopped")
     rc = main(["export", str(stopped), "--out", str(tmp_path / "out")])
-    one_error_line(capsys, rc, "stopped-run is stopped, not finished", "python -m core resume")
+    one_error_line(capsys, rc, "stopped-run is stopped, not finished", "python -m tunelab resume")
     gone = finished_run(small_model, tmp_path / "runs", "gone-run")
     shutil.rmtree(gone / "final")
     rc = main(["export", str(gone), "--out", str(tmp_path / "out")])
@@ -405,9 +405,9 @@ def test_q8_0_of_the_embedded_model_keeps_its_heldout_perplexity(embedded_dir, t
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core import models
-    from core.evaluate import _encoder, load_samples
-    from core.registry import Registry
+    from tunelab.core import models
+    from tunelab.core.evaluate import _encoder, load_samples
+    from tunelab.core.registry import Registry
 
     run_dir = runs.create_run(RunConfig.from_dict({"model": "embedded"}), run_dir=tmp_path / "runs" / "smollm2")
     shutil.copytree(embedded_dir, run_dir / "final")

@@ -14,9 +14,9 @@ import sys
 import pytest
 
 from conftest import REPO
-from core import export, runs
-from core.__main__ import main
-from core.config import RunConfig
+from tunelab.core import export, runs
+from tunelab.core.__main__ import main
+from tunelab.core.config import RunConfig
 from test_export import small_model  # noqa: F401 - the fixture: a tiny Llama with a 400-token vocabulary
 
 
@@ -78,7 +78,7 @@ def test_cli_keep_anyway(outlier_run, tmp_path, capsys):
     assert main(["export", str(outlier_run), "--out", str(tmp_path / "no"), "--type", "q8_0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--keep-anyway" in err[0] and "export f16 instead" in err[0]
-    done = subprocess.run([sys.executable, "-m", "core", "export", str(outlier_run), "--out", str(tmp_path / "yes"),
+    done = subprocess.run([sys.executable, "-m", "tunelab", "export", str(outlier_run), "--out", str(tmp_path / "yes"),
                            "--type", "q8_0", "--keep-anyway", "--json"], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert done.returncode == 0, done.stderr

@@ -11,10 +11,10 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from core import runs, train, workers
-from core.config import RunConfig
-from core.registry import Registry
-from core.paths import REPO_ROOT
+from tunelab.core import runs, train, workers
+from tunelab.core.config import RunConfig
+from tunelab.core.registry import Registry
+from tunelab.core.paths import REPO_ROOT
 from test_runs import wait_for  # one polling helper for the run tests
 
 hookimpl = pluggy.HookimplMarker("tunelab")
@@ -35,7 +35,7 @@ def write_config(path, cfg):
 
 
 def cli(*args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tunelab", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -62,7 +62,7 @@ def save(obj, f, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)  # half of the checkpoint is on disk
 
 torch.save = save
-from core.__main__ import main
+from tunelab.core.__main__ import main
 sys.exit(main(["train", sys.argv[1], "--run-dir", sys.argv[2]]))
 """
 
@@ -139,8 +139,8 @@ def test_a_full_disk_during_a_save_fails_clearly_and_keeps_the_last_checkpoint(t
 
 DASHBOARD = """
 import os, signal, sys
-from core import workers
-from core.config import load_config
+from tunelab.core import workers
+from tunelab.core.config import load_config
 
 run_dir = workers.start(load_config(sys.argv[1]), "restart", root=sys.argv[2], owner="session-1")
 print(run_dir, flush=True)

@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from conftest import REPO
-from core import data
-from core.data import IGNORE_INDEX
-from core.errors import UserError
-from core.registry import Registry
+from tunelab.core import data
+from tunelab.core.data import IGNORE_INDEX
+from tunelab.core.errors import UserError
+from tunelab.core.registry import Registry
 
 SAMPLES = REPO / "tests" / "data" / "other-tools"
 
@@ -224,7 +224,7 @@ def test_prompt_completion_strings(reg):
 
 # -- every sample through the CLI: a report, or one line and exit 2 ----------------------------------------
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "tunelab", *map(str, args)], capture_output=True, text=True, cwd=REPO,
                           timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TUNELAB_LOAD_PLUGINS": ""})
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from core import fused, models
+from tunelab.core import fused, models
 
 
 def _fresh(tiny_model):
@@ -13,7 +13,7 @@ def _fresh(tiny_model):
 
 
 def _loss_and_grads(model, batch, precision):
-    from core import train
+    from tunelab.core import train
 
     model.zero_grad(set_to_none=True)
     with train.Precision(precision, "cpu").autocast():
@@ -24,7 +24,7 @@ def _loss_and_grads(model, batch, precision):
 
 @pytest.fixture
 def batch(tokenizer):
-    from core import data
+    from tunelab.core import data
 
     examples = [data.encode_messages([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                                      tokenizer, 64)

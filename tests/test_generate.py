@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from core import generate as gen
-from core.errors import UserError
-from core.registry import PluginError, Registry, validate_contribution
+from tunelab.core import generate as gen
+from tunelab.core.errors import UserError
+from tunelab.core.registry import PluginError, Registry, validate_contribution
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 BUILTIN = ["greedy", "temperature", "top_k", "top_p", "min_p", "beam"]

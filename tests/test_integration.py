@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from core import evaluate, models, runs, train
-from core.config import RunConfig
-from core.generate import generate
+from tunelab.core import evaluate, models, runs, train
+from tunelab.core.config import RunConfig
+from tunelab.core.generate import generate
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,9 +4,9 @@ out-of-memory ladder; core.machine: bytes, the machine, precision; core.measure:
 import pytest
 from transformers import GPT2Config, LlamaConfig
 
-from core import machine, measure, memory, models, train
-from core.config import RunConfig
-from core.errors import UserError
+from tunelab.core import machine, measure, memory, models, train
+from tunelab.core.config import RunConfig
+from tunelab.core.errors import UserError
 
 # SmolLM2-135M's shape, as a bare config: no weights, no files, no network.
 SMOL = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

@@ -11,8 +11,8 @@ import types
 import pytest
 
 from conftest import REPO
-from core import data, hookspecs, protocols
-from core.registry import NAME_RE, NAME_RULE, Registry, validate_contribution
+from tunelab.core import data, hookspecs, protocols
+from tunelab.core.registry import NAME_RE, NAME_RULE, Registry, validate_contribution
 
 GUIDE = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
 
@@ -54,7 +54,7 @@ def test_the_builtins_satisfy_the_protocols_and_the_guide_names_them():
 # -- the kit -----------------------------------------------------------------------------------
 
 def test_the_kit_accepts_every_canonical_shape_and_role_tool():
-    from core.testing import check_record  # imported here: core.testing is also a pytest plugin (test_plugins_docs)
+    from tunelab.core.testing import check_record  # imported here: core.testing is also a pytest plugin (test_plugins_docs)
 
     check_record({"messages": [{"role": "user", "content": "weather?"},
                                {"role": "assistant", "content": "", "tool_calls": '[{"name": "w"}]'},
@@ -76,7 +76,7 @@ def streaming_format(events, records):
 
 
 def test_the_kit_checks_iter_records(write):
-    from core.testing import check_data_format
+    from tunelab.core.testing import check_data_format
 
     path = write("x.jsonl", "{}\n")
     record = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
@@ -94,7 +94,7 @@ def test_the_kit_checks_iter_records(write):
 
 
 def test_check_evaluator_passes_the_documented_context():
-    from core.testing import check_evaluator
+    from tunelab.core.testing import check_evaluator
 
     seen = {}
 
@@ -146,7 +146,7 @@ def test_the_cli_refuses_a_null_content_with_exit_2(write):
     path = write("null.jsonl", '{"messages": [{"role": "user", "content": null}, '
                                '{"role": "assistant", "content": "a"}]}\n')
     env = {k: v for k, v in os.environ.items() if k not in ("TUNELAB_PLUGINS_DIR", "TUNELAB_LOAD_PLUGINS")}
-    result = subprocess.run([sys.executable, "-m", "core", "data", "check", str(path), "--no-tokens"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "tunelab", "data", "check", str(path), "--no-tokens"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "empty examples" not in result.stdout
     assert result.stderr.strip() == ("error: null.jsonl, row 1, field 'messages[0].content': 'content' is null: a user "
@@ -158,7 +158,7 @@ def test_the_cli_refuses_a_null_content_with_exit_2(write):
 
 def test_make_tiny_model(tmp_path, embedded_dir):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "core", "make-tiny-model", *map(str, args)], cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "tunelab", "make-tiny-model", *map(str, args)], cwd=REPO,
                               capture_output=True, text=True, timeout=180)
 
     (tmp_path / "taken").mkdir()

@@ -18,9 +18,9 @@ import pluggy
 import pytest
 
 from conftest import REPO
-from core import registry
-from core.errors import UserError
-from core.registry import FailureLog, PluginError, Registry
+from tunelab.core import registry
+from tunelab.core.errors import UserError
+from tunelab.core.registry import FailureLog, PluginError, Registry
 from helpers import open_page
 
 hookimpl = pluggy.HookimplMarker("tunelab")
@@ -134,7 +134,7 @@ def explosive(plugins_dir, monkeypatch):
 
 
 def cli(env, *args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "tunelab", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -193,7 +193,7 @@ def test_failure_log_keeps_a_few_messages_per_plugin():
 
 
 def test_a_broken_backend_is_one_line_naming_it(explosive):
-    from core import engine
+    from tunelab.core import engine
 
     engine.reset_engines()
     with pytest.raises(PluginError, match=r"plugin 'explosive' failed in its backend 'explosive_backend' \(create\): "
@@ -202,7 +202,7 @@ def test_a_broken_backend_is_one_line_naming_it(explosive):
 
 
 def test_in_process_every_call_site_names_the_plugin(explosive, tiny, write, chat_file):
-    from core import data, evaluate, generate
+    from tunelab.core import data, evaluate, generate
 
     model, tokenizer = tiny
     path = write("x.jsonl", '{"q": "a"}\n')
@@ -245,7 +245,7 @@ def test_a_format_yielding_malformed_events_is_the_formats_fault(bad, problem, w
         def register_data_formats(self, register):
             register(fmt)
 
-    from core import data
+    from tunelab.core import data
 
     reg = Registry(load_external=False, extra_plugins=[(Plugin(), "sloppy-plugin")])
     with pytest.raises(PluginError) as info:
@@ -265,7 +265,7 @@ def test_a_formats_value_error_stays_the_users_data_error(write):
         def register_data_formats(self, register):
             register(fmt)
 
-    from core import data
+    from tunelab.core import data
 
     reg = Registry(load_external=False, extra_plugins=[(Plugin(), "qa")])
     with pytest.raises(UserError) as info:
@@ -387,8 +387,8 @@ def test_plugins_page_lists_it_with_its_failures(explosive):
 @pytest.fixture
 def tiny_run_root(tmp_path, tiny_model, chat_file, monkeypatch):
     """A finished 2-step run of the tiny model in a fresh run store (no lifecycle plugin loaded)."""
-    from core.config import RunConfig
-    from core.train import train
+    from tunelab.core.config import RunConfig
+    from tunelab.core.train import train
 
     root = tmp_path / "runs"
     monkeypatch.setenv("TUNELAB_RUNS_DIR", str(root))
@@ -405,7 +405,7 @@ def tiny_run_root(tmp_path, tiny_model, chat_file, monkeypatch):
     (["do_sample", True], "not a dict of keyword arguments"),
 ])
 def test_a_samplers_unusable_settings_are_its_fault(tiny, kwargs, problem):
-    from core import generate
+    from tunelab.core import generate
 
     class Plugin:
         @hookimpl

@@ -16,10 +16,10 @@ import pluggy
 import pytest
 
 from conftest import REPO
-from core import hookspecs, registry
-from core.registry import PARAM_TYPES, Registry
+from tunelab.core import hookspecs, registry
+from tunelab.core.registry import PARAM_TYPES, Registry
 
-pytest_plugins = ["core.testing"]
+pytest_plugins = ["tunelab.core.testing"]
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 GUIDE = REPO / "docs" / "plugins.md"
@@ -83,7 +83,7 @@ def test_the_guide_covers_the_object_contracts_params_and_settings():
     for key in ("min", "max", "choices", "help", "default"):
         assert f"`{key}`" in text
     for setting in ("TUNELAB_LOAD_PLUGINS", "TUNELAB_STRICT_PLUGINS", "TUNELAB_PLUGINS_DIR", "plugins.json",
-                    "[project.entry-points.tunelab]", "catalog.json", "core.testing"):
+                    "[project.entry-points.tunelab]", "catalog.json", "tunelab.core.testing"):
         assert setting in text, setting
     # the safety section points at a test that exists
     test_name = "test_a_plugin_raising_in_a_hook_does_not_stop_training"
@@ -120,8 +120,8 @@ def test_readme_points_to_the_guide_and_the_example():
 # -- lifecycle hooks are called as documented ----------------------------------------------------
 
 def test_lifecycle_hooks_get_the_documented_arguments(tiny_model, chat_file, tmp_path):
-    from core import train
-    from core.config import RunConfig
+    from tunelab.core import train
+    from tunelab.core.config import RunConfig
 
     calls = []
 
@@ -189,7 +189,7 @@ def test_builtin_registry_fixture(builtin_registry):
 
 
 def test_register_plugin_installs_the_registry_for_the_block_only(register_plugin):
-    from core.testing import plugin_for
+    from tunelab.core.testing import plugin_for
 
     before = registry.get_registry()
     with register_plugin(plugin_for("samplers", sampler()), name="kit") as reg:
@@ -199,7 +199,7 @@ def test_register_plugin_installs_the_registry_for_the_block_only(register_plugi
 
 
 def test_register_plugin_is_strict(register_plugin):
-    from core.testing import plugin_for
+    from tunelab.core.testing import plugin_for
 
     with pytest.raises(ValueError, match="invalid 'name'"):
         with register_plugin(plugin_for("samplers", sampler(name="Bad Name"))):
@@ -210,7 +210,7 @@ def test_register_plugin_is_strict(register_plugin):
 
 
 def test_contract_checks_catch_broken_plugins(check_data_format, check_sampler, check_evaluator, write):
-    from core.testing import SAMPLES
+    from tunelab.core.testing import SAMPLES
 
     path = write("x.jsonl", '{"q": "a"}\n')
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from core import runs
-from core.backends import ray as rb
-from core.errors import UserError
+from tunelab.core import runs
+from tunelab.core.backends import ray as rb
+from tunelab.core.errors import UserError
 from tests.ray_head import RayHead, free_port
 from helpers import wait_for
 
@@ -33,13 +33,13 @@ FIGURES: dict = {}
 def test_a_job_runs_the_plain_worker_command_and_a_group_job_reserves_nothing_itself():
     body = rb.job_request("/box/py", "/box/runs/r1", "tunelab-r1-1", "gcs://_ray_pkg_x.zip", "/box/runs", "r1",
                           gpus=1, workers=4)
-    assert body["entrypoint"] == "/box/py -m core train /box/runs/r1/config.yaml --run-dir /box/runs/r1"
+    assert body["entrypoint"] == "/box/py -m tunelab train /box/runs/r1/config.yaml --run-dir /box/runs/r1"
     # the group's driver holds no CPU or GPU: its 4 ranks ask Ray Train for theirs
     assert body["entrypoint_num_cpus"] == 0 and "entrypoint_num_gpus" not in body
     assert body["runtime_env"]["working_dir"] == "gcs://_ray_pkg_x.zip"
     assert body["runtime_env"]["env_vars"]["TUNELAB_RUNS_DIR"] == "/box/runs"
     one = rb.job_request("/box/py", "/box/runs/r1", "j", "gcs://p", "/box/runs", "r1", resume=True, gpus=1)
-    assert one["entrypoint"] == "/box/py -m core resume /box/runs/r1" and one["entrypoint_num_gpus"] == 1
+    assert one["entrypoint"] == "/box/py -m tunelab resume /box/runs/r1" and one["entrypoint_num_gpus"] == 1
     assert one["entrypoint_num_cpus"] == 1
     assert "entrypoint_num_gpus" not in rb.job_request("/p", "/r", "j", "gcs://p", "/", "r")
     assert rb._engine_config({"gpus": 1, "lr": 1e-4})[0] == {"lr": 1e-4}
@@ -55,7 +55,7 @@ def test_code_package_is_stable_and_holds_the_engine():
     name, data = rb.code_package()
     assert rb.code_package()[0] == name and name.startswith("_ray_pkg_") and name.endswith(".zip")
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-    assert "core/__main__.py" in names and "plugins/formats.py" in names
+    assert {"tunelab/__init__.py", "tunelab/__main__.py", "core/__main__.py", "plugins/formats.py"} <= set(names)
     assert not any("__pycache__" in n for n in names)
 
 
@@ -135,7 +135,7 @@ def test_stop_falls_back_to_rays_job_stop_after_the_grace_time(monkeypatch):
 
 
 def test_service_will_not_listen_without_a_token(monkeypatch, tmp_path):
-    from core import service
+    from tunelab.core import service
 
     for env in ("TUNELAB_RAY_TOKEN", "RAY_AUTH_TOKEN", "TUNELAB_RAY_ALLOW_NO_TOKEN"):
         monkeypatch.delenv(env, raising=False)
@@ -153,7 +153,7 @@ def test_service_will_not_listen_without_a_token(monkeypatch, tmp_path):
 
 
 def test_get_engine_builds_the_ray_backend_from_settings(monkeypatch):
-    from core.engine import get_engine, reset_engines
+    from tunelab.core.engine import get_engine, reset_engines
 
     for env in ("TUNELAB_BACKEND", "TUNELAB_RAY_ADDRESS", "TUNELAB_RAY_TOKEN", "TUNELAB_RAY_SERVICE"):
         monkeypatch.delenv(env, raising=False)
@@ -174,7 +174,7 @@ class Block:
         if name.split('.')[0] in ('torch', 'ray', 'transformers', 'accelerate'):
             raise ImportError(f'{name} is not installed on the thin client')
 sys.meta_path.insert(0, Block())
-from core.__main__ import main
+from tunelab.core.__main__ import main
 code = main(sys.argv[1:])
 assert not any(m in sys.modules for m in ('torch', 'ray', 'transformers'))
 sys.exit(code)
@@ -190,7 +190,7 @@ def test_not_a_url_is_refused():
 
 def _cli(argv, env_extra, timeout=300):
     env = dict(os.environ, TUNELAB_BACKEND="ray", **env_extra)
-    return subprocess.run([sys.executable, "-m", "core", *argv], cwd=REPO, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tunelab", *argv], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -207,7 +207,7 @@ def box(tmp_path_factory, tiny_model):
     port = free_port()
     service_env = dict(os.environ, **env, TUNELAB_RAY_TOKEN=head.token)
     log = open(box_runs.parent / "service.log", "w")
-    service = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port)], cwd=REPO,
+    service = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", "--port", str(port)], cwd=REPO,
                                env=service_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     probe = rb.Http(url, head.token, "the TuneLab service", timeout=2)
@@ -297,7 +297,7 @@ def finished_run(box, tmp_path_factory, tiny_model, data_file):
     config.write_text(yaml.safe_dump(tiny_config(tiny_model, data_file)))
     mirror = client / "runs" / "tiny-remote"
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "core", "train", str(config), "--run-dir", str(mirror)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(config), "--run-dir", str(mirror)], cwd=REPO,
                             env=dict(os.environ, TUNELAB_BACKEND="ray", TUNELAB_RAY_ADDRESS=box["address"],
                                      TUNELAB_RAY_TOKEN=box["token"], TUNELAB_RAY_SERVICE=box["service"],
                                      TUNELAB_RUNS_DIR=str(client / "runs")),
@@ -359,7 +359,7 @@ def test_lost_connection_says_reconnecting_then_catches_up(box, finished_run, mo
 
 
 def test_generate_and_evaluate_the_remote_run(box, finished_run, engine, data_file):
-    from core.backends.local import LocalEngine
+    from tunelab.core.backends.local import LocalEngine
 
     box_id = rb.read_backend(finished_run["mirror"])["run_id"]
     model = f"run:{box_id}"

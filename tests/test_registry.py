@@ -9,9 +9,9 @@ import types
 import pluggy
 import pytest
 
-from core import hookspecs, registry
-from core.errors import UserError
-from core.registry import Registry, coerce_param, resolve_params
+from tunelab.core import hookspecs, registry
+from tunelab.core.errors import UserError
+from tunelab.core.registry import Registry, coerce_param, resolve_params
 
 hookimpl = pluggy.HookimplMarker("tunelab")
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from core.config import RunConfig, changed_keys, split_sizes
-from core.backends.local import LocalEngine
-from core.errors import UserError
+from tunelab.core.config import RunConfig, changed_keys, split_sizes
+from tunelab.core.backends.local import LocalEngine
+from tunelab.core.errors import UserError
 
 
 @pytest.mark.parametrize("n, fraction, expected", [
@@ -23,7 +23,7 @@ def test_split_sizes(n, fraction, expected):
 
 
 def test_prepare_splits_as_the_pages_count(chat_file, tokenizer):
-    from core.data import prepare
+    from tunelab.core.data import prepare
 
     for fraction in (0.1, 0.25, 0.5):
         prepared = prepare(chat_file, tokenizer, 64, val_fraction=fraction)
@@ -74,7 +74,7 @@ REPORT = {
 
 
 def test_summary_rows_say_better_or_worse_in_each_evaluators_direction():
-    from core.evaluate import summary_rows
+    from tunelab.core.evaluate import summary_rows
 
     rows = {r["evaluator"]: r for r in summary_rows(REPORT)}
     assert set(rows) == {"perplexity", "rouge_l"}  # the failed evaluator has nothing to compare
@@ -83,7 +83,7 @@ def test_summary_rows_say_better_or_worse_in_each_evaluators_direction():
 
 
 def test_rank_samples_best_and_worst():
-    from core.evaluate import rank_samples, rankable, with_comparison
+    from tunelab.core.evaluate import rank_samples, rankable, with_comparison
 
     assert rankable(REPORT) == ["perplexity", "rouge_l"]
     by_rouge = rank_samples(REPORT, "rouge_l")
@@ -103,8 +103,8 @@ def uploads(tmp_path, monkeypatch):
 
 
 def test_allowed_data_is_the_bundled_sets_and_own_uploads(uploads, tmp_path):
-    from core.paths import REPO_ROOT as REPO
-    from core.uploads import allowed_data
+    from tunelab.core.paths import REPO_ROOT as REPO
+    from tunelab.core.uploads import allowed_data
 
     engine = LocalEngine()
     assert allowed_data("data/science_tutor_heldout.alpaca.json") == REPO / "data" / "science_tutor_heldout.alpaca.json"
@@ -127,7 +127,7 @@ def test_allowed_data_is_the_bundled_sets_and_own_uploads(uploads, tmp_path):
 
 
 def test_uploads_get_safe_names_and_old_ones_expire(uploads, monkeypatch):
-    from core.uploads import save_upload
+    from tunelab.core.uploads import save_upload
 
     first = save_upload("../../etc/pass wd.JSON", b"[1]")
     assert first.parent == uploads and first.name.startswith("pass_wd-") and first.suffix == ".json"

@@ -17,9 +17,9 @@ if str(REPO) not in sys.path:
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from core import runs  # noqa: E402
-from core.config import RunConfig  # noqa: E402
-from core.errors import UserError  # noqa: E402
+from tunelab.core import runs  # noqa: E402
+from tunelab.core.config import RunConfig  # noqa: E402
+from tunelab.core.errors import UserError  # noqa: E402
 
 APP = str(REPO / "streamlit_app.py")
 TIMEOUT = 90
@@ -83,7 +83,7 @@ def test_delete_on_a_shared_server_is_the_owners_only(runs_dir, monkeypatch):
 
 def test_checkpoints_to_keep(tmp_path, tiny_model, chat_file, monkeypatch):
     """keep_checkpoints reaches train.py's saving, which keeps that many of the newest."""
-    from core import train
+    from tunelab.core import train
 
     folder = tmp_path / "r"
     for step in (1, 2, 3):
@@ -121,8 +121,8 @@ def test_the_speed_is_learned_from_runs_here(runs_dir):
 # -- the engine and the CLI ---------------------------------------------------------------------------
 
 def test_engines_delete_or_say_they_do_not(runs_dir):
-    from core.backends.local import LocalEngine
-    from core.backends.ray import RayEngine
+    from tunelab.core.backends.local import LocalEngine
+    from tunelab.core.backends.ray import RayEngine
 
     make_run(runs_dir, "gone")
     engine = LocalEngine({"standby": False})
@@ -130,12 +130,12 @@ def test_engines_delete_or_say_they_do_not(runs_dir):
     with pytest.raises(UserError, match="there is no run called 'gone'"):
         engine.delete_run("gone")
     ray = RayEngine({"address": "http://127.0.0.1:1", "token": "t"})
-    with pytest.raises(UserError, match="deleting runs is not offered through the ray backend.*python -m core delete"):
+    with pytest.raises(UserError, match="deleting runs is not offered through the ray backend.*python -m tunelab delete"):
         ray.delete_run("anything")
 
 
 def cli(*args, root: Path):
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tunelab", *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=120, env=dict(os.environ, TUNELAB_RUNS_DIR=str(root)))
 
 

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from core import queue, runs, workers
-from core.config import RunConfig
-from core.errors import UserError
-from core.paths import REPO_ROOT
+from tunelab.core import queue, runs, workers
+from tunelab.core.config import RunConfig
+from tunelab.core.errors import UserError
+from tunelab.core.paths import REPO_ROOT
 
 
 def config(tiny_model, chat_file, **over):
@@ -25,7 +25,7 @@ def config(tiny_model, chat_file, **over):
 
 
 def cli(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tunelab", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 
@@ -185,7 +185,7 @@ def test_the_memory_budget_counts_what_running_workers_hold(monkeypatch):
 
 def test_slots_are_held_until_the_worker_exits(tmp_path):
     run_dir = runs.create_run(RunConfig(), "slot", root=tmp_path)
-    code = ("import sys, time; from core import queue, runs, workers; workers.claim_worker(sys.argv[1]); "
+    code = ("import sys, time; from tunelab.core import queue, runs, workers; workers.claim_worker(sys.argv[1]); "
             "print(queue.wait_for_slot(sys.argv[1], 123, stop=False), flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             text=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from core import plan, runs, train, workers
-from core.config import RunConfig
-from core.errors import UserError
-from core.paths import REPO_ROOT
+from tunelab.core import plan, runs, train, workers
+from tunelab.core.config import RunConfig
+from tunelab.core.errors import UserError
+from tunelab.core.paths import REPO_ROOT
 from helpers import wait_for
 from test_ray_backend import box, data_file, engine, tiny_config  # noqa: F401 - the Ray tests' fixtures
 
@@ -83,7 +83,7 @@ def write_config(path: Path, tiny_model, data_file, **changes) -> Path:
 
 
 def cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tunelab", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
 
 
@@ -167,7 +167,7 @@ def test_through_the_ray_backend_a_group_matches_one_worker_and_resumes(box, eng
 
 
 def test_a_group_the_cluster_cannot_hold_is_refused_before_a_job_is_submitted(monkeypatch):
-    from core.backends import ray as rb
+    from tunelab.core.backends import ray as rb
 
     engine = rb.RayEngine({"address": "http://127.0.0.1:9", "token": "t", "service": "http://127.0.0.1:9"})
     monkeypatch.setattr(engine, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from conftest import REPO
-from core import data
-from core.data import IGNORE_INDEX
-from core.registry import Registry
+from tunelab.core import data
+from tunelab.core.data import IGNORE_INDEX
+from tunelab.core.registry import Registry
 
 AXOLOTL = REPO / "tests" / "data" / "other-tools" / "axolotl_input_output.jsonl"
 
@@ -81,8 +81,8 @@ def test_data_check_counts_the_kind_and_measures_tokens(registry, tokenizer):
 
 
 def test_two_training_steps_on_it(tiny_model, tmp_path, registry):
-    from core import runs, train
-    from core.config import RunConfig
+    from tunelab.core import runs, train
+    from tunelab.core.config import RunConfig
 
     cfg = RunConfig.from_dict({"model": tiny_model, "data": {"path": str(AXOLOTL), "val_fraction": 0.0},
                                "max_steps": 2, "batch_size": 2, "max_length": 64, "eval_every": 0})
@@ -95,7 +95,7 @@ def test_two_training_steps_on_it(tiny_model, tmp_path, registry):
 
 
 def test_the_kit_checks_the_format_and_its_stream():
-    from core.testing import check_data_format
+    from tunelab.core.testing import check_data_format
 
     fmt = Registry(load_external=False).items("data_formats")["input_output"]
     dataset = check_data_format(fmt, AXOLOTL)

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from core import service as sv
-from core.backends import ray as rb
-from core.engine import Engine
-from core.errors import UserError
-from core.uploads import save_upload
+from tunelab.core import service as sv
+from tunelab.core.backends import ray as rb
+from tunelab.core.engine import Engine
+from tunelab.core.errors import UserError
+from tunelab.core.uploads import save_upload
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-" + "t" * 40
@@ -331,7 +331,7 @@ def test_the_verbs_are_the_engine_protocols_public_methods():
 
 # -- the real engine and the real command ------------------------------------------------------------
 def test_the_tiny_model_answers_through_the_client_as_it_does_here(tiny_model):
-    from core.backends.local import LocalEngine
+    from tunelab.core.backends.local import LocalEngine
 
     local = LocalEngine({"standby": False})
     with serving(local) as server:
@@ -352,7 +352,7 @@ def test_python_m_core_serve_answers_and_stops_on_sigterm(runs_dir, tmp_path):
     env = dict(os.environ, TUNELAB_RAY_TOKEN=TOKEN, TUNELAB_RUNS_DIR=str(runs_dir))
     log = tmp_path / "service.log"
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port)], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", "--port", str(port)], cwd=REPO, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     http = rb.Http(f"http://127.0.0.1:{port}", TOKEN, "the TuneLab service", timeout=2)
     try:
@@ -372,7 +372,7 @@ def test_python_m_core_serve_answers_and_stops_on_sigterm(runs_dir, tmp_path):
     text = log.read_text()
     assert f"uploads in {runs_dir / 'uploads'}" in text and '"GET /v1/info HTTP/1.1" 200' in text, text
     assert TOKEN not in text and "Traceback" not in text
-    print(f"\npython -m core serve: answering after {up_s:.1f} s")
+    print(f"\npython -m tunelab serve: answering after {up_s:.1f} s")
 
 
 def _free_port() -> int:

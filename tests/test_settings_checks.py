@@ -1,4 +1,4 @@
-"""Every setting is checked where it is typed, by one rule: ``core.config.value_problem`` / ``problems``.
+"""Every setting is checked where it is typed, by one rule: ``tunelab.core.config.value_problem`` / ``problems``.
 
 The config file, ``--set`` and the pages' widgets all ask it, so a value is refused everywhere with the
 same reason; valid plans that will probably disappoint (tiny data, examples cut, a batch bigger than the
@@ -19,8 +19,8 @@ if str(REPO) not in sys.path:
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from core.config import RunConfig, apply_overrides, cautions, problems, value_problem  # noqa: E402
-from core.errors import UserError  # noqa: E402
+from tunelab.core.config import RunConfig, apply_overrides, cautions, problems, value_problem  # noqa: E402
+from tunelab.core.errors import UserError  # noqa: E402
 from helpers import open_page
 
 APP = str(REPO / "streamlit_app.py")
@@ -75,7 +75,7 @@ def test_set_names_the_key_and_the_value_as_typed():
 @pytest.mark.parametrize("item, key", [("epochs=0", "epochs"), ("batch_size=0", "batch_size"), ("lr=-1", "lr"),
                                        ("max_length=99999999", "max_length"), ("max_steps=99999999999", "max_steps")])
 def test_the_cli_exits_2_naming_the_key(item, key, tmp_path, capsys):
-    from core.__main__ import main
+    from tunelab.core.__main__ import main
 
     config = tmp_path / "run.yaml"
     config.write_text("lr: 1e-4\n")
@@ -88,7 +88,7 @@ def test_the_cli_exits_2_naming_the_key(item, key, tmp_path, capsys):
 def test_the_cli_refusal_is_one_line_from_a_real_process(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("lr: 1e-4\n")
-    done = subprocess.run([sys.executable, "-m", "core", "train", str(config), "--set", "epochs=0"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "tunelab", "train", str(config), "--set", "epochs=0"], cwd=REPO,
                           capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, TUNELAB_RUNS_DIR=str(tmp_path / "runs")))
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "epochs = 0.0 is out of range" in done.stderr
@@ -165,7 +165,7 @@ def test_fine_tune_quick_try_refuses_with_the_reason(runs_dir, tiny_model):
 def test_evaluate_refuses_zero_samples_and_picks_the_held_out_file(runs_dir, tiny_model, tmp_path):
     import shutil
 
-    from core import runs
+    from tunelab.core import runs
 
     run_dir = runs.create_run(RunConfig.from_dict({"model": tiny_model}), run_dir=runs_dir / "done")
     shutil.copytree(tiny_model, run_dir / "final")
@@ -182,7 +182,7 @@ def test_evaluate_refuses_zero_samples_and_picks_the_held_out_file(runs_dir, tin
 
 
 def test_csv_columns_are_picked_from_the_header(tmp_path):
-    from core.backends.local import LocalEngine
+    from tunelab.core.backends.local import LocalEngine
 
     table = tmp_path / "qa.csv"
     table.write_text("question,answer,persona\nWhy?,Because.,tutor\n")
@@ -208,3 +208,25 @@ def test_csv_columns_are_picked_from_the_header(tmp_path):
     assert at.session_state["values"]["system_column"] == ""
     boxes["t.response_column"].set_value("answer").run()
     assert at.session_state["values"]["response_column"] == "answer"
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "10001"])
+def test_eval_limit_is_checked_by_the_rule_the_page_uses(limit, tmp_path, tiny_model, capsys):
+    """`eval --limit 0` once meant "all of them" (the engine read 0 as no limit) while the page refused it."""
+    import shutil
+
+    from tunelab.core import evaluate, runs
+    from tunelab.core.__main__ import main
+    from tunelab.core.config import eval_samples_problem
+
+    run_dir = runs.create_run(RunConfig.from_dict({"model": tiny_model}), run_dir=tmp_path / "runs" / "done")
+    shutil.copytree(tiny_model, run_dir / "final")
+    runs.write_status(run_dir, state="finished", step=2, total_steps=2, pid=None)
+    assert main(["eval", str(run_dir), "--limit", limit]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {eval_samples_problem(int(limit), '--limit')}", err
+    with pytest.raises(UserError, match="at least 1 held-out example"):
+        evaluate.evaluate_run(run_dir, limit=int(limit))
+    assert not (run_dir / "eval").exists()
+    assert eval_samples_problem(8) is None and eval_samples_problem(8.0) is None
+    assert all(eval_samples_problem(v) for v in (True, 2.5, float("nan"), float("inf"), None, "8"))

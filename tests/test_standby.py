@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from core import runs, standby, workers
-from core.paths import REPO_ROOT
+from tunelab.core import runs, standby, workers
+from tunelab.core.paths import REPO_ROOT
 from test_runs import wait_for
 from test_train import config, losses
 
@@ -58,7 +58,7 @@ def test_no_standby_waits_when_turned_off_or_the_environment_changed(standby_on,
 
 def test_a_standby_exits_when_its_starter_goes_away():
     code = ("import sys, time; sys.path.insert(0, '.'); import os; os.environ['TUNELAB_STANDBY'] = '1'\n"
-            "from core import standby; standby.prestart(); print(standby._current['proc'].pid, flush=True)")
+            "from tunelab.core import standby; standby.prestart(); print(standby._current['proc'].pid, flush=True)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     pid = int(out.stdout.split()[0])
     deadline = time.time() + 60

@@ -1,7 +1,7 @@
 """The experiment-tracking example, examples/tunelab-tracking, installed as a user would (make setup does).
 
 It must be listed by the CLI as an entry-point plugin made only of lifecycle hooks, be in the catalog,
-track a real `python -m core train` to TensorBoard and MLflow (read back with their own readers, equal
+track a real `python -m tunelab train` to TensorBoard and MLflow (read back with their own readers, equal
 to metrics.jsonl), and pass its own tests.
 """
 
@@ -39,7 +39,7 @@ def env(tmp_path):
 
 
 def cli(env, *args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "tunelab", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -53,7 +53,7 @@ def test_listed_by_the_cli_as_a_lifecycle_plugin(env):
 
 
 def test_in_the_catalog_as_installed():
-    from core import catalog
+    from tunelab.core import catalog
 
     entry = next(e for e in catalog.with_status() if e["package"] == PACKAGE)
     assert entry["kinds"] == ["lifecycle"] and entry["install"] == f"./examples/{PACKAGE}"
@@ -64,7 +64,7 @@ def test_a_cli_training_run_is_tracked_in_tensorboard_and_mlflow(env, tmp_path, 
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from core import runs
+    from tunelab.core import runs
 
     config = tmp_path / "tiny.yaml"
     config.write_text(json.dumps({"model": tiny_model, "data": {"path": str(chat_file), "val_fraction": 0.2},

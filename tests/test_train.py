@@ -10,11 +10,11 @@ import time
 import pluggy
 import pytest
 
-from core import curves, plan, runs, train, workers
-from core.config import RunConfig
-from core.errors import UserError
-from core.registry import Registry
-from core.paths import REPO_ROOT
+from tunelab.core import curves, plan, runs, train, workers
+from tunelab.core.config import RunConfig
+from tunelab.core.errors import UserError
+from tunelab.core.registry import Registry
+from tunelab.core.paths import REPO_ROOT
 from test_runs import wait_for
 
 hookimpl = pluggy.HookimplMarker("tunelab")
@@ -149,7 +149,7 @@ def test_stop_command_stops_a_running_worker(tiny_model, chat_file, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and len(losses(run_dir)) < 2:
         time.sleep(0.2)
-    rc = subprocess.run([sys.executable, "-m", "core", "stop", str(run_dir)], cwd=REPO_ROOT,
+    rc = subprocess.run([sys.executable, "-m", "tunelab", "stop", str(run_dir)], cwd=REPO_ROOT,
                         capture_output=True, text=True).returncode
     assert rc == 0
     while time.time() < deadline and runs.read_status(run_dir)["state"] in runs.ACTIVE:
@@ -175,7 +175,7 @@ def test_lora_run_saves_an_adapter_that_peft_opens(tiny_model, chat_file, tmp_pa
     final = tmp_path / "run" / "final"
     assert (final / "adapter_config.json").is_file()
     assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"]
-    from core import models
+    from tunelab.core import models
 
     model, tok = models.load_model(str(final))
     total, trainable = models.count_parameters(model)
@@ -215,7 +215,7 @@ def test_bad_config_is_refused_before_any_model_loads(tmp_path, chat_file):
     path = tmp_path / "bad.yaml"
     path.write_text(f"model: nowhere/at-all\ndata:\n  path: {chat_file}\nlearning_rate: 0.1\n")
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "core", "train", str(path)], cwd=REPO_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "tunelab", "train", str(path)], cwd=REPO_ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "learning_rate" in proc.stderr and "Traceback" not in proc.stderr
@@ -279,7 +279,7 @@ def test_curve_signals_name_overfitting_flat_curves_and_spikes():
 
 
 def _chat_batch(tokenizer, n=3):
-    from core import data
+    from tunelab.core import data
 
     examples = [data.encode_messages([{"role": "user", "content": f"What is {i} plus {i}?"},
                                       {"role": "assistant", "content": f"It is {2 * i}."}], tokenizer, 64)

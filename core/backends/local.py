@@ -1,8 +1,8 @@
 """The local backend: the engine's verbs answered in this process, training in a worker subprocess.
 
-The default on a laptop or a single GPU machine, and what the GPU box's service (``core.service``)
+The default on a laptop or a single GPU machine, and what the GPU box's service (``tunelab.core.service``)
 wraps. Models are loaded once into a bounded cache (:class:`ModelCache`) on the device the device
-rule picks (``core.machine.device``), in the precision training would use there.
+rule picks (``tunelab.core.machine.device``), in the precision training would use there.
 """
 
 from __future__ import annotations
@@ -102,10 +102,10 @@ def weights_bytes(path: str) -> int:
 
 
 class LocalEngine(Engine):
-    """The engine in this process; training runs in a worker subprocess (``core.workers.launch``).
+    """The engine in this process; training runs in a worker subprocess (``tunelab.core.workers.launch``).
 
     ``settings``: ``model_cache`` (models kept loaded), ``standby`` (default True: keep a worker
-    started ahead, :mod:`core.standby`, so Start's first loss comes sooner).
+    started ahead, :mod:`tunelab.core.standby`, so Start's first loss comes sooner).
     """
 
     name = "local"
@@ -129,7 +129,7 @@ class LocalEngine(Engine):
         return runs.runs_root() / found
 
     def _model_path(self, model: str | None) -> str:
-        """What ``core.models`` loads for a model name (a run's ``final/`` for ``run:<id>``)."""
+        """What ``tunelab.core.models`` loads for a model name (a run's ``final/`` for ``run:<id>``)."""
         model = (model or "embedded").strip()
         if model.startswith(RUN_PREFIX):
             final = self._run_dir(model[len(RUN_PREFIX):]) / "final"
@@ -140,7 +140,7 @@ class LocalEngine(Engine):
         return model
 
     def device(self) -> str:
-        """Where this engine's models sit: ``core.machine.device`` (the one rule), once per engine."""
+        """Where this engine's models sit: ``tunelab.core.machine.device`` (the one rule), once per engine."""
         if self._device is None:
             self._device = self.settings.get("device") or machine.device()
             if self._device.startswith("cuda"):
@@ -152,7 +152,7 @@ class LocalEngine(Engine):
         return self._device
 
     def _load_on_device(self, path: str):
-        """``core.models.load_model`` (fp32, on the CPU), then onto the device in the precision answering
+        """``tunelab.core.models.load_model`` (fp32, on the CPU), then onto the device in the precision answering
         takes there: bf16 weights on a GPU that has it, not fp32."""
         loaded, tok = models.load_model(path)
         where = self.device()

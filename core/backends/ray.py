@@ -1,5 +1,5 @@
 """The Ray backend, client side: runs are Ray Jobs on a GPU box, the interactive verbs go to the
-TuneLab service on the box (``core.service``). Every request carries ``Authorization: Bearer <token>``.
+TuneLab service on the box (``tunelab.core.service``). Every request carries ``Authorization: Bearer <token>``.
 
 This module imports neither ray nor torch: the Streamlit Cloud thin client has neither. It
 speaks HTTP with ``urllib`` to two places on the box:
@@ -12,8 +12,8 @@ speaks HTTP with ``urllib`` to two places on the box:
   folders on the box, data uploads, STOP files, and the warm model for generate and evaluate.
 
 A run's folder on the client mirrors the box's: ``config.yaml``, ``status.json`` (with a
-``remote`` entry, so :func:`core.runs.read_status` does not judge it by a local pid) and every
-metrics row, parsed from the job's log with :func:`core.runs.parse_metrics_lines`, plus
+``remote`` entry, so :func:`tunelab.core.runs.read_status` does not judge it by a local pid) and every
+metrics row, parsed from the job's log with :func:`tunelab.core.runs.parse_metrics_lines`, plus
 ``backend.json`` (address, box run id, job id). The box's runs folder is the source of truth;
 the mirror is brought up to date whenever it is read, so a lost connection costs nothing but
 "reconnecting" until the next successful read.
@@ -46,7 +46,7 @@ from ..config import DataConfig, load_config
 from ..data import check_path
 from ..engine import Engine, backend_settings
 from ..errors import UserError
-from ..paths import REPO_ROOT
+from ..paths import ENGINE_ROOT, PACKAGE_DIR
 from ..plan import check_resources
 
 TERMINAL_JOB = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -147,9 +147,9 @@ class Http:
 # -- what a job runs ----------------------------------------------------------------------------
 def worker_command(python: str, run_dir: str, resume: bool = False) -> list[str]:
     """TuneLab's worker command, unchanged from a local run (a ``workers: N`` run starts its group itself,
-    on this cluster, through Ray Train: ``core.scale``)."""
+    on this cluster, through Ray Train: ``tunelab.core.scale``)."""
     verb = ["resume", run_dir] if resume else ["train", f"{run_dir}/config.yaml", "--run-dir", run_dir]
-    return [python, "-m", "core", *verb]
+    return [python, "-m", "tunelab", *verb]
 
 
 def job_request(python: str, run_dir: str, job_id: str, package: str, runs_dir: str, run_id: str,
@@ -173,14 +173,20 @@ def job_id_for(run_id: str, attempt: int) -> str:
     return f"tunelab-{run_id}-{attempt}"
 
 
-def code_package(root: Path = REPO_ROOT) -> tuple[str, bytes]:
-    """``core/`` and ``plugins/`` as a zip with fixed timestamps: the same code, the same package name."""
+def code_package() -> tuple[str, bytes]:
+    """The engine as a zip with fixed timestamps (the same code, the same package name), laid out as a
+    checkout: ``tunelab/`` (its two small files), ``core/`` and ``plugins/``. Ray unpacks it as the job's
+    working folder, where ``python -m tunelab`` imports it; a checkout and an installed wheel ship the same zip."""
+    sources = {"tunelab": [PACKAGE_DIR / "__init__.py", PACKAGE_DIR / "__main__.py"],
+               "core": sorted((ENGINE_ROOT / "core").rglob("*")), "plugins": sorted((ENGINE_ROOT / "plugins").rglob("*"))}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for folder in ("core", "plugins"):
-            for path in sorted((root / folder).rglob("*")):
+        for folder, paths in sources.items():
+            top = PACKAGE_DIR if folder == "tunelab" else ENGINE_ROOT / folder
+            for path in paths:
                 if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                    info = zipfile.ZipInfo(path.relative_to(root).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+                    name = f"{folder}/{path.relative_to(top).as_posix()}"
+                    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
                     info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
                     z.writestr(info, path.read_bytes())
     data = buf.getvalue()
@@ -312,10 +318,10 @@ class RayEngine(Engine):
 
     def measure_memory(self, config):
         raise UserError("measuring a step is not offered through the ray backend; on the box run "
-                        "`python -m core memory` or the Memory page of a dashboard there")
+                        "`python -m tunelab memory` or the Memory page of a dashboard there")
 
     def export_run(self, run_id, out_dir, type="f16", sampler=None, progress=None, keep_anyway=False):
-        raise UserError(f"export run {run_id} on the box, where its model is (`python -m core` there)")
+        raise UserError(f"export run {run_id} on the box, where its model is (`python -m tunelab` there)")
 
     def training_speed(self, config, measured=None):
         return self.call("training_speed", config=_engine_config(config)[0], measured=measured)
@@ -325,7 +331,7 @@ class RayEngine(Engine):
 
     def delete_run(self, run_id, owner=None):
         raise UserError(f"deleting runs is not offered through the ray backend: the box's runs folder is the source "
-                        f"of truth. Delete run {run_id} on the box (`python -m core delete RUN_DIR` there); this "
+                        f"of truth. Delete run {run_id} on the box (`python -m tunelab delete RUN_DIR` there); this "
                         f"dashboard's mirror of it goes with `rm -r {self.mirror_dir(run_id)}`")
 
     # -- generate and evaluate (the model stays on the box) -----------------------------------------
@@ -411,7 +417,7 @@ class RayEngine(Engine):
                 check_resources(workers, found["GPU"], found["CPU"])
 
     def resume_run(self, run_id, owner=None, run_dir=None) -> None:
-        """A new job (``python -m core resume``) for the same box folder; rows stay contiguous."""
+        """A new job (``python -m tunelab resume``) for the same box folder; rows stay contiguous."""
         mirror = Path(run_dir) if run_dir else self.mirror_dir(run_id)
         meta = self._meta(mirror, run_id)
         self.sync(mirror, force=True)
@@ -673,7 +679,7 @@ def create(settings: dict) -> RayEngine:
     return RayEngine(settings)
 
 
-# -- the CLI through the backend (python -m core train/resume/stop/status with TUNELAB_BACKEND=ray) --
+# -- the CLI through the backend (python -m tunelab train/resume/stop/status with TUNELAB_BACKEND=ray) --
 def cli_engine() -> RayEngine:
     """The engine the CLI uses: settings from the environment."""
     return create(backend_settings())
@@ -745,7 +751,7 @@ def follow(engine: RayEngine, mirror: Path, skip_existing: bool = False, every: 
             time.sleep(every)
         except KeyboardInterrupt:
             if stopping:
-                print(f"\n[tunelab] left running on the box; `python -m core status {mirror}` follows it",
+                print(f"\n[tunelab] left running on the box; `python -m tunelab status {mirror}` follows it",
                       file=sys.stderr)
                 return 130
             stopping = True

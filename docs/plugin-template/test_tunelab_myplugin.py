@@ -1,11 +1,13 @@
 """Tests for tunelab-myplugin, with TuneLab's authoring kit. Run from a TuneLab checkout:
 
     .venv/bin/python -m pytest path/to/tunelab-myplugin -q
+
+or, with TuneLab installed as a package in your own venv (no checkout), `pytest` in this folder.
 """
 
 import tunelab_myplugin as plugin
 
-pytest_plugins = ["core.testing"]
+pytest_plugins = ["tunelab.core.testing"]
 
 
 def test_plugin_loads_next_to_the_builtins(register_plugin):

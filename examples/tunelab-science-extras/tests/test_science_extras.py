@@ -1,6 +1,7 @@
-"""Tests of tunelab-science-extras, with TuneLab's authoring kit (``core.testing``).
+"""Tests of tunelab-science-extras, with TuneLab's authoring kit (``tunelab.core.testing``).
 
-Run from a TuneLab checkout: ``python -m pytest examples/tunelab-science-extras/tests``.
+Run from a TuneLab checkout (``python -m pytest examples/tunelab-science-extras/tests``), or in any venv where
+TuneLab and this package are installed (``pytest tests``): ``tests/test_packaging.py`` does the latter.
 """
 
 import json
@@ -14,7 +15,7 @@ from tunelab_science_extras.qa_jsonl import QA_JSONL
 from tunelab_science_extras.readability import READABILITY, flesch_reading_ease, syllables
 from tunelab_science_extras.typical import TYPICAL_P
 
-pytest_plugins = ["core.testing"]
+pytest_plugins = ["tunelab.core.testing"]
 
 DATA = Path(__file__).parent / "data" / "photosynthesis.qa.jsonl"
 
@@ -50,7 +51,7 @@ def test_qa_jsonl_params(check_data_format):
 
 
 def test_qa_jsonl_is_detected_by_tuneLab(register_plugin):
-    from core.data import detect_format, load_records
+    from tunelab.core.data import detect_format, load_records
 
     with register_plugin(plugin) as registry:
         assert detect_format(DATA, registry) == "qa_jsonl"
@@ -89,7 +90,7 @@ def test_typical_p_contract_and_generation(check_sampler, tiny_model_and_tokeniz
 
 
 def test_typical_p_cuts_the_tail_on_the_chart(register_plugin, tiny_model_and_tokenizer):
-    from core.generate import next_token_distribution
+    from tunelab.core.generate import next_token_distribution
 
     model, tokenizer = tiny_model_and_tokenizer
     with register_plugin(plugin) as registry:

@@ -1,7 +1,8 @@
 """Tests of tunelab-tracking against the real libraries: every metric written through the plugin
 is read back with TensorBoard's ``EventAccumulator`` or ``MlflowClient`` (a local SQLite store).
 
-Run from a TuneLab checkout: ``python -m pytest examples/tunelab-tracking/tests``. Offline.
+Run from a TuneLab checkout (``python -m pytest examples/tunelab-tracking/tests``), or where TuneLab is
+installed as a package (``pytest tests``). Offline.
 """
 
 import json
@@ -13,7 +14,7 @@ import pytest
 import tunelab_tracking as plugin
 from tunelab_tracking import hooks
 
-pytest_plugins = ["core.testing"]
+pytest_plugins = ["tunelab.core.testing"]
 
 CONFIG = {"model": "tiny", "data": {"path": "sums.json", "params": {}}, "lora": {"r": 8, "target_modules": []},
           "lr": 0.001, "max_steps": 3, "gradient_checkpointing": False}
@@ -270,8 +271,8 @@ def test_off_writes_nothing(tmp_path, monkeypatch):
 
 def test_a_real_run_is_tracked_in_both(tmp_path, monkeypatch, register_plugin, tiny_model_dir, mlflow_uri):
     """core.train trains a tiny model for 3 steps with the plugin registered; both trackers hold metrics.jsonl."""
-    from core import runs, train
-    from core.config import RunConfig
+    from tunelab.core import runs, train
+    from tunelab.core.config import RunConfig
 
     rows = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a} plus {b} is {a + b}."}
             for a in range(5) for b in range(4)]

@@ -234,7 +234,7 @@ def git_commit() -> str | None:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "core", "plugins", "scripts", "configs"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "core", "plugins", "tunelab", "scripts", "configs"],
                                cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -284,8 +284,8 @@ def cmd_eval(args) -> int:
     if not args.data:
         print(f"note: scoring on the training file {data_path}; a model always looks better on what it "
               "trained on. Pass --data with a held-out file for an honest score.", file=sys.stderr)
-    if args.limit is not None and eval_samples_problem(args.limit, "--limit"):
-        raise UserError(eval_samples_problem(args.limit, "--limit"))
+    if args.limit is not None and (problem := eval_samples_problem(args.limit, "--limit")):
+        raise UserError(problem)  # here, to name the flag; evaluate_run applies the same rule
     evaluators = [e.strip() for e in args.evaluators.split(",")] if args.evaluators else None
     report = evaluate.evaluate_run(run_dir, data_path, evaluators=evaluators, sampler=args.sampler,
                                    limit=args.limit, max_new_tokens=args.max_new_tokens,

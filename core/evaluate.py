@@ -200,8 +200,8 @@ def evaluate_run(run_dir, data_path=None, evaluators=None, sampler: str = "greed
     """
     import datetime as dt
 
-    if limit is not None and eval_samples_problem(limit):
-        raise UserError(eval_samples_problem(limit))
+    if limit is not None and (problem := eval_samples_problem(limit)):
+        raise UserError(problem)
     run_dir = Path(run_dir)
     cfg = runs.run_config(run_dir)
     evaluator_settings(evaluators, evaluator_params, registry)  # a bad name or setting: before any model loads

@@ -6,6 +6,7 @@ One copy each (they had grown five, four and two), imported as ``from helpers im
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import subprocess
 import sys
@@ -73,3 +74,16 @@ def streamlit_server(port: int, env: dict, log_path: Path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """Every import in a file, top level or inside a function: ``(module, [names], line)``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, [], node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.module, [alias.name for alias in node.names], node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            found.append(("." * node.level + (node.module or ""), [a.name for a in node.names], node.lineno))
+    return found

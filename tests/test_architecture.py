@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import imports
 from no_engine import without_engine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,19 +25,6 @@ ALLOWED_CORE = {"core.engine": None, "core.config": {"RunConfig", "CONFIG_DOCS",
                                                              "eval_samples_problem"},
                 "core.errors": {"UserError"}, "core.curves": None}
 HEAVY = {"torch", "transformers", "peft", "accelerate", "safetensors", "gguf", "bitsandbytes"}
-
-
-def imports(path: Path) -> list[tuple[str, list[str], int]]:
-    """Every import in a file, top level or inside a function: ``(module, [names], line)``."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            found += [(alias.name, [], node.lineno) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.module, [alias.name for alias in node.names], node.lineno))
-        elif isinstance(node, ast.ImportFrom):
-            found.append(("." * node.level + (node.module or ""), [a.name for a in node.names], node.lineno))
-    return found
 
 
 def dashboard_violations(path: Path, root: Path = REPO) -> list[str]:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import imports
+
 REPO = Path(__file__).resolve().parent.parent
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
 SOURCES = ("core", "plugins", "tunelab", "pyproject.toml", "README.md", "LICENSE")
@@ -132,16 +134,12 @@ def test_a_checkout_refuses_the_old_top_level_name():
 
 
 def test_nothing_in_the_repository_imports_the_engine_by_its_folder_name():
-    import ast
-
     bad = []
     for path in REPO.rglob("*.py"):
         if any(part in (".venv", "build", "node_modules") or part.startswith(".") for part in path.relative_to(REPO).parts):
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
-            bad += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names if n.split(".")[0] in ("core", "plugins")]
+        bad += [f"{path.relative_to(REPO)}:{line} {module}" for module, _, line in imports(path)
+                if module.split(".")[0] in ("core", "plugins")]
     assert not bad, bad
 
 

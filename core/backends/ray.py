@@ -177,16 +177,14 @@ def code_package() -> tuple[str, bytes]:
     """The engine as a zip with fixed timestamps (the same code, the same package name), laid out as a
     checkout: ``tunelab/`` (its two small files), ``core/`` and ``plugins/``. Ray unpacks it as the job's
     working folder, where ``python -m tunelab`` imports it; a checkout and an installed wheel ship the same zip."""
-    sources = {"tunelab": [PACKAGE_DIR / "__init__.py", PACKAGE_DIR / "__main__.py"],
-               "core": sorted((ENGINE_ROOT / "core").rglob("*")), "plugins": sorted((ENGINE_ROOT / "plugins").rglob("*"))}
+    trees = [("tunelab", PACKAGE_DIR, [PACKAGE_DIR / "__init__.py", PACKAGE_DIR / "__main__.py"]),
+             ("core", ENGINE_ROOT / "core", None), ("plugins", ENGINE_ROOT / "plugins", None)]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for folder, paths in sources.items():
-            top = PACKAGE_DIR if folder == "tunelab" else ENGINE_ROOT / folder
-            for path in paths:
+        for folder, top, files in trees:
+            for path in files or sorted(top.rglob("*")):
                 if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                    name = f"{folder}/{path.relative_to(top).as_posix()}"
-                    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                    info = zipfile.ZipInfo(f"{folder}/{path.relative_to(top).as_posix()}", date_time=(1980, 1, 1, 0, 0, 0))
                     info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
                     z.writestr(info, path.read_bytes())
     data = buf.getvalue()

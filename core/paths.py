@@ -14,11 +14,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import INSTALLED  # tunelab/__init__.py tells a wheel from a checkout, once
+
 # The folder holding core/ and plugins/: the checkout's root, or site-packages/tunelab when installed.
 ENGINE_ROOT = Path(__file__).resolve().parent.parent
-# Installed, core/ sits inside the tunelab package (it has an __init__.py); in a checkout it is a top-level
-# folder of the repository, which has none.
-INSTALLED = (ENGINE_ROOT / "__init__.py").exists()
 PACKAGE_DIR = ENGINE_ROOT if INSTALLED else ENGINE_ROOT / "tunelab"  # tunelab/__init__.py and __main__.py
 IMPORT_ROOT = PACKAGE_DIR.parent
 # An installed engine has no repository: like any command-line tool it works in the folder it was started

@@ -18,7 +18,9 @@ process would hold two registries and two ``UserError`` classes that do not catc
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-if not (_HERE / "core" / "__init__.py").exists():  # a checkout: core/ is a sibling of this folder
+# Installed, core/ sits inside this package; in a checkout it is a sibling of this folder.
+INSTALLED = (_HERE / "core" / "__init__.py").exists()
+if not INSTALLED:
     __path__.append(str(_HERE.parent))  # noqa: F821 (a package's __path__ is set before its code runs)
 
 __version__ = "0.3.0"
